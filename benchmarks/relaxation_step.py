@@ -1,0 +1,106 @@
+"""Time one relaxation step: closed form (eqprop) versus autograd of Φ (the original code's way).
+
+Prints one JSON object. Usage: ``python benchmarks/relaxation_step.py [--device cpu] [--reps 5]``.
+The autograd step is :func:`eqprop.reference.reference_step`, which builds Φ and calls
+``torch.autograd.grad`` on it every step exactly as the paper's scripts do.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import time
+
+import torch
+
+from eqprop import ConvLayer, EnergyNetwork
+from eqprop.dynamics import synchronous_step
+from eqprop.reference import reference_step
+
+
+def paper_cifar10(output: str = "mse") -> EnergyNetwork:
+    conv = [ConvLayer(128, 3, 1, 1), ConvLayer(256, 3, 1, 1), ConvLayer(512, 3, 1, 1),
+            ConvLayer(512, 3, 1, 0)]  # fmt: skip
+    return EnergyNetwork((3, 32, 32), conv=conv, output=output, activation="my_hard_sig")
+
+
+def mnist_mlp() -> EnergyNetwork:
+    return EnergyNetwork((784,), dense=[512], activation="my_hard_sig")
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def time_steps(step, state, steps: int, reps: int, device: torch.device) -> float:
+    """Median seconds per step over ``reps`` runs of ``steps`` chained steps (after a warm-up)."""
+    s = step(state)
+    times = []
+    for _ in range(reps):
+        sync(device)
+        t0 = time.perf_counter()
+        s = state
+        for _ in range(steps):
+            s = step(s)
+        sync(device)
+        times.append((time.perf_counter() - t0) / steps)
+    return statistics.median(times)
+
+
+def bench(name: str, net: EnergyNetwork, batch: int, steps: int, reps: int, device) -> dict:
+    net = net.to(device)
+    g = torch.Generator().manual_seed(0)
+    x = torch.rand((batch, *net.input_shape), generator=g).to(device)
+    y = torch.randint(0, net.num_classes, (batch,), generator=g).to(device)
+    drive = net.input_drive(x)
+    # Start from a relaxed-ish state so pools and clamps are in their usual regime.
+    with torch.no_grad():
+        state = net.zero_state(batch)
+        for _ in range(5):
+            state = synchronous_step(net, drive, state)
+
+    def closed(s):
+        with torch.no_grad():
+            return synchronous_step(net, drive, s, lambda t: net.nudge_drive(t, y, 0.5))
+
+    def autograd(s):
+        return reference_step(net, x, s, y, 0.5)
+
+    t_closed = time_steps(closed, state, steps, reps, device)
+    t_auto = time_steps(autograd, state, steps, reps, device)
+    return {
+        "net": name,
+        "batch": batch,
+        "closed_form_s_per_step": t_closed,
+        "autograd_s_per_step": t_auto,
+        "speedup": t_auto / t_closed,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--reps", type=int, default=5)
+    args = parser.parse_args()
+    device = torch.device(args.device)
+    torch.manual_seed(0)
+    results = []
+    for batch in (32, 128):
+        results.append(bench("cifar10_paper_conv", paper_cifar10(), batch, 3, args.reps, device))
+    for batch in (32, 50, 128):
+        results.append(bench("mnist_mlp_784_512_10", mnist_mlp(), batch, 50, args.reps, device))
+    print(json.dumps({
+        "benchmark": "relaxation_step",
+        "device": str(device),
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+        "cpu": platform.processor() or platform.machine(),
+        "results": results,
+    }, indent=2))  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,185 @@
+"""Bilinear interaction terms of the primitive function Φ and their closed-form gradients.
+
+Spec §1. An interaction couples a presynaptic state ``pre`` (layer n−1, or the input) to a
+postsynaptic state ``post`` (layer n):
+
+- dense: φ = ⟨post, W·flatten(pre) + b⟩
+- conv:  φ = ⟨post, P(conv(pre) + b)⟩, P a 2×2 stride-2 max pool, avg pool or identity.
+
+Each interaction gives, without autograd,
+
+- ``forward_drive(pre)``  = ∂φ/∂post, plus a context (the max-pool argmax of the current
+  pre-pool map) that the matching backward call reuses;
+- ``backward_drive(post, ctx)`` = ∂φ/∂pre: the transposed map applied to the pool's backward
+  (max-unpooling at the argmax, or spreading ¼ for avg pool).
+
+``phi(pre, post)`` is the plain, differentiable per-example value, used for the weight
+gradient of EP and by the references.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+__all__ = ["POOLS", "ConvInteraction", "ConvLayer", "DenseInteraction", "Interaction"]
+
+POOLS: dict[str, str] = {"m": "max pool 2x2", "a": "average pool 2x2", "i": "no pooling"}
+
+
+@dataclass(frozen=True)
+class ConvLayer:
+    """Specification of one convolutional layer of an energy network.
+
+    Args:
+        channels: output channels.
+        kernel: square kernel size.
+        stride: convolution stride.
+        padding: zero padding of the convolution.
+        pool: ``"m"`` (max 2×2), ``"a"`` (avg 2×2) or ``"i"`` (none), applied after the conv.
+    """
+
+    channels: int
+    kernel: int = 3
+    stride: int = 1
+    padding: int = 0
+    pool: str = "m"
+
+    def __post_init__(self) -> None:
+        for name in ("channels", "kernel", "stride"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < 1:
+                raise ValueError(f"conv layer {name}: {value!r} is not valid; expected an int >= 1")
+        if not isinstance(self.padding, int) or self.padding < 0:
+            raise ValueError(
+                f"conv layer padding: {self.padding!r} is not valid; expected an int >= 0"
+            )
+        if self.pool not in POOLS:
+            choices = ", ".join(f"{k!r} ({v})" for k, v in POOLS.items())
+            raise ValueError(
+                f"conv layer pool: unknown pooling {self.pool!r}; choose one of {choices}"
+            )
+
+
+class Interaction(nn.Module):
+    """Base class: one bilinear term of Φ between ``pre_shape`` and ``post_shape`` states."""
+
+    pre_shape: tuple[int, ...]
+    post_shape: tuple[int, ...]
+
+    def forward_drive(self, pre: Tensor) -> tuple[Tensor, Any]:
+        """Return ∂φ/∂post (a fresh tensor, safe to modify in place) and a context."""
+        raise NotImplementedError
+
+    def backward_drive(self, post: Tensor, ctx: Any) -> Tensor:
+        """Return ∂φ/∂pre given the context of ``forward_drive`` at the current ``pre``."""
+        raise NotImplementedError
+
+    def phi(self, pre: Tensor, post: Tensor) -> Tensor:
+        """Differentiable per-example value of the term, shape (B,)."""
+        raise NotImplementedError
+
+    def scale_(self, factor: float) -> None:
+        """Multiply weight and bias by ``factor`` (the paper's scaled initialisation)."""
+        with torch.no_grad():
+            for p in self.parameters():
+                p.mul_(factor)
+
+
+class DenseInteraction(Interaction):
+    """φ = ⟨post, W·flatten(pre) + b⟩ with W of shape (out, prod(pre_shape))."""
+
+    def __init__(self, pre_shape: tuple[int, ...], out_features: int) -> None:
+        super().__init__()
+        self.pre_shape = tuple(pre_shape)
+        self.post_shape = (out_features,)
+        self.linear = nn.Linear(math.prod(pre_shape), out_features)
+
+    def forward_drive(self, pre: Tensor) -> tuple[Tensor, None]:
+        return F.linear(pre.flatten(1), self.linear.weight, self.linear.bias), None
+
+    def backward_drive(self, post: Tensor, ctx: None) -> Tensor:
+        # (B, out) @ (out, in) -> (B, in), reshaped to the presynaptic layout (e.g. conv maps).
+        return torch.mm(post, self.linear.weight).view(post.shape[0], *self.pre_shape)
+
+    def phi(self, pre: Tensor, post: Tensor) -> Tensor:
+        return (post * self.linear(pre.flatten(1))).sum(1)
+
+
+class ConvInteraction(Interaction):
+    """φ = ⟨post, P(conv(pre) + b)⟩; post lives in the pooled space."""
+
+    def __init__(self, pre_shape: tuple[int, int, int], spec: ConvLayer, index: int = 0) -> None:
+        super().__init__()
+        c, h, w = pre_shape
+        self.spec = spec
+        self.pre_shape = tuple(pre_shape)
+        self.conv = nn.Conv2d(c, spec.channels, spec.kernel, spec.stride, spec.padding)
+        ch = (h + 2 * spec.padding - spec.kernel) // spec.stride + 1
+        cw = (w + 2 * spec.padding - spec.kernel) // spec.stride + 1
+        if ch < 1 or cw < 1:
+            raise ValueError(
+                f"conv layer {index}: input {h}x{w} with kernel {spec.kernel}, stride "
+                f"{spec.stride}, padding {spec.padding} gives an empty {ch}x{cw} output"
+            )
+        self.conv_hw = (ch, cw)
+        ph, pw = (ch // 2, cw // 2) if spec.pool in ("m", "a") else (ch, cw)
+        if ph < 1 or pw < 1:
+            raise ValueError(
+                f"conv layer {index}: the {ch}x{cw} conv output is too small for 2x2 pooling"
+            )
+        self.post_shape = (spec.channels, ph, pw)
+        # Output padding that makes the transposed conv return exactly the presynaptic size:
+        # the input rows a strided conv never reaches (always fewer than the stride).
+        self._output_padding = (
+            (h + 2 * spec.padding - spec.kernel) % spec.stride,
+            (w + 2 * spec.padding - spec.kernel) % spec.stride,
+        )
+
+    def _pool(self, pre_pool: Tensor) -> Tensor:
+        if self.spec.pool == "m":
+            return F.max_pool2d(pre_pool, 2, 2)
+        if self.spec.pool == "a":
+            return F.avg_pool2d(pre_pool, 2, 2)
+        return pre_pool
+
+    def forward_drive(self, pre: Tensor) -> tuple[Tensor, Any]:
+        z = self.conv(pre)  # (B, C_out, ch, cw)
+        if self.spec.pool == "m":
+            pooled, argmax = F.max_pool2d(z, 2, 2, return_indices=True)
+            return pooled, (argmax, z)
+        if self.spec.pool == "a":
+            return F.avg_pool2d(z, 2, 2), None
+        return z, None
+
+    def _unpool(self, post: Tensor, ctx: Any) -> Tensor:
+        ch, cw = self.conv_hw
+        if self.spec.pool == "m":
+            argmax, z = ctx
+            # Max-pool's backward scatters post to the argmax of the current pre-pool map z. It
+            # is the same map as max_unpool2d, many times faster on CPU, and keeps z's layout.
+            return torch.ops.aten.max_pool2d_with_indices_backward(
+                post, z, [2, 2], [2, 2], [0, 0], [1, 1], False, argmax
+            )
+        if self.spec.pool == "a":
+            up = post.repeat_interleave(2, dim=2).repeat_interleave(2, dim=3).mul_(0.25)
+            if up.shape[-2:] != (ch, cw):  # odd conv output: the last row/column is not pooled
+                up = F.pad(up, (0, cw - up.shape[-1], 0, ch - up.shape[-2]))
+            return up
+        return post
+
+    def backward_drive(self, post: Tensor, ctx: Any) -> Tensor:
+        g = self._unpool(post, ctx)
+        s = self.spec
+        return F.conv_transpose2d(
+            g, self.conv.weight, stride=s.stride, padding=s.padding,
+            output_padding=self._output_padding,
+        )  # fmt: skip
+
+    def phi(self, pre: Tensor, post: Tensor) -> Tensor:
+        return (post * self._pool(self.conv(pre))).flatten(1).sum(1)

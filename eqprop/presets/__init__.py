@@ -1,0 +1,1 @@
+"""Bundled experiment presets (YAML package data), read by :mod:`eqprop.train.config`."""

@@ -1,0 +1,121 @@
+"""Slow, obviously correct references: Φ written out plainly and differentiated by autograd.
+
+Used by the tests and by checks, never by training. Nothing here shares code with the closed
+forms of :mod:`eqprop.core.interactions`: the convolutions, pools and losses are written again
+from the network's parameters, so the two implementations check each other.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from eqprop.core.interactions import ConvInteraction
+from eqprop.core.network import EnergyNetwork
+
+__all__ = ["bptt_gradients", "reference_loss", "reference_phi", "reference_relax", "reference_step"]
+
+
+def reference_loss(net: EnergyNetwork, state: Sequence[Tensor], y: Tensor) -> Tensor:
+    """Per-example loss L(s, y), written out from the spec (§3)."""
+    if net.readout is None:
+        target = torch.zeros_like(state[-1])
+        target[torch.arange(len(y)), y] = 1.0
+        return 0.5 * ((state[-1] - target) ** 2).sum(1)
+    logits = state[-1].flatten(1) @ net.readout.weight.T + net.readout.bias
+    return torch.logsumexp(logits, 1) - logits.gather(1, y[:, None])[:, 0]
+
+
+def reference_phi(
+    net: EnergyNetwork,
+    x: Tensor,
+    state: Sequence[Tensor],
+    y: Tensor | None = None,
+    beta: float | Tensor = 0.0,
+) -> Tensor:
+    """Φ_β(x, s, θ) = Σ_n ⟨s_n, P_n(W_n s_{n−1} + b_n)⟩ − β L(s, y), per example (B,)."""
+    total = x.new_zeros(x.shape[0])
+    prev = x
+    for layer, s in zip(net.interactions, state, strict=True):
+        if isinstance(layer, ConvInteraction):
+            spec = layer.spec
+            z = F.conv2d(prev, layer.conv.weight, layer.conv.bias, spec.stride, spec.padding)
+            if spec.pool == "m":
+                z = F.max_pool2d(z, 2)
+            elif spec.pool == "a":
+                z = F.avg_pool2d(z, 2)
+        else:
+            z = prev.flatten(1) @ layer.linear.weight.T + layer.linear.bias
+        total = total + (s * z).flatten(1).sum(1)
+        prev = s
+    if isinstance(beta, Tensor) or beta != 0.0:
+        assert y is not None
+        b = beta.flatten() if isinstance(beta, Tensor) else beta
+        total = total - b * reference_loss(net, state, y)
+    return total
+
+
+def reference_step(
+    net: EnergyNetwork,
+    x: Tensor,
+    state: Sequence[Tensor],
+    y: Tensor | None = None,
+    beta: float | Tensor = 0.0,
+    create_graph: bool = False,
+) -> list[Tensor]:
+    """One synchronous step s ← σ(∂Φ_β/∂s) with ∂Φ_β/∂s from autograd.
+
+    With ``create_graph`` the step stays differentiable (for BPTT through the dynamics).
+    """
+    with torch.enable_grad():
+        s = [
+            t if (create_graph and t.requires_grad) else t.detach().requires_grad_() for t in state
+        ]
+        phi = reference_phi(net, x, s, y, beta).sum()
+        grads = torch.autograd.grad(phi, s, create_graph=create_graph)
+    act = net.activation.fn
+    return [act(g) if create_graph else act(g).detach() for g in grads]
+
+
+def reference_relax(
+    net: EnergyNetwork,
+    x: Tensor,
+    steps: int,
+    y: Tensor | None = None,
+    beta: float | Tensor = 0.0,
+    state: Sequence[Tensor] | None = None,
+) -> list[list[Tensor]]:
+    """Relax with :func:`reference_step`; returns the whole trajectory [s_0, ..., s_steps]."""
+    s = list(state) if state is not None else net.zero_state(x.shape[0])
+    trajectory = [s]
+    for _ in range(steps):
+        s = reference_step(net, x, s, y, beta)
+        trajectory.append(s)
+    return trajectory
+
+
+def bptt_gradients(
+    net: EnergyNetwork, x: Tensor, y: Tensor, state: Sequence[Tensor], steps: int
+) -> dict[str, Tensor]:
+    """Gradient of the mean loss after ``steps`` reference steps from a detached ``state``.
+
+    Started at a converged free state s*, this is truncated BPTT; as ``steps`` grows it tends to
+    the gradient of L(s*(θ)) itself (implicit differentiation), for contracting dynamics.
+
+    Returns:
+        Parameter name → gradient (zeros for parameters the loss does not reach).
+    """
+    params = dict(net.named_parameters())
+    with torch.enable_grad():
+        s = [t.detach() for t in state]
+        for _ in range(steps):
+            s = reference_step(net, x, s, create_graph=True)
+        loss = reference_loss(net, s, y).mean()
+        grads = torch.autograd.grad(loss, list(params.values()), allow_unused=True)
+    return {
+        name: (g if g is not None else torch.zeros_like(p))
+        for (name, p), g in zip(params.items(), grads, strict=True)
+    }

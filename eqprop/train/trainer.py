@@ -1,0 +1,521 @@
+"""The training loop: EP updates, evaluation, run directory, checkpoints and exact resume.
+
+A run directory holds everything a run produced::
+
+    config.yaml         the resolved configuration
+    environment.json    package versions, device, git commit
+    metrics.jsonl/.csv  one record per epoch (errors, losses, learning rates, seconds, steps)
+    tensorboard/        event files (when tensorboard is installed)
+    curves.png          learning curves
+    checkpoints/        last.pt (every ``train.save_every`` epochs and on interrupt), best.pt
+    summary.json        final figures (accuracies as fractions, epochs, wall seconds)
+
+Resuming restores the model, optimizer, scheduler, the estimator's generator, the epoch and
+batch position and the partial epoch statistics. Batches are a pure function of
+(seed, epoch, batch index) (:class:`~eqprop.train.data.EpochLoader`), so a run interrupted and
+resumed on CPU logs the same metrics as an uninterrupted one, to the last digit.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import signal
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+from tqdm.auto import tqdm
+
+from eqprop.core.interactions import ConvLayer
+from eqprop.core.network import EnergyNetwork
+from eqprop.dynamics.relax import Solver
+from eqprop.estimators.ep import EPEstimator, make_estimator
+from eqprop.train.checkpoint import (
+    CheckpointError,
+    load_checkpoint,
+    rng_state,
+    save_checkpoint,
+    set_rng_state,
+)
+from eqprop.train.config import ExperimentConfig, config_from_dict, config_to_dict, save_config
+from eqprop.train.data import Dataset, EpochLoader, load_dataset, normalizer_for, split_validation
+from eqprop.train.runlog import RunLogger, environment_facts
+
+__all__ = [
+    "Trainer",
+    "TrainingError",
+    "build_estimator",
+    "build_network",
+    "build_optimizer",
+    "build_scheduler",
+    "resolve_device",
+]
+
+
+class TrainingError(RuntimeError):
+    """A run that cannot go on (non-finite values, mismatched resume); the message says why."""
+
+
+# ------------------------------------------------------------------------------- builders
+
+
+def resolve_device(name: str) -> torch.device:
+    """``auto`` → CUDA when available, else CPU; otherwise the named device (checked)."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise TrainingError(f"train.device: {name!r} requested but CUDA is not available here")
+    return device
+
+
+def build_network(cfg: ExperimentConfig, input_shape: tuple[int, ...], num_classes: int):
+    """The network of ``cfg.model`` for inputs of ``input_shape``, seeded by ``cfg.seed``."""
+    m = cfg.model
+    conv = [ConvLayer(c.channels, c.kernel, c.stride, c.padding, c.pool) for c in m.conv]
+    shape = tuple(input_shape) if conv else (math.prod(input_shape),)
+    # Initialisation draws from a local generator state so that it never depends on what ran
+    # before in the process.
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(cfg.seed)
+        return EnergyNetwork(
+            shape,
+            conv=conv,
+            dense=list(m.dense),
+            num_classes=num_classes,
+            output=m.output,
+            activation=m.activation,
+            init_scale=m.init_scale,
+        )
+
+
+def build_estimator(cfg: ExperimentConfig) -> EPEstimator:
+    """The gradient estimator of ``cfg.estimator`` with the solver of ``cfg.dynamics``."""
+    d = cfg.dynamics
+    return make_estimator(
+        cfg.estimator.kind,
+        beta=cfg.estimator.beta,
+        free_steps=d.free_steps,
+        nudged_steps=d.nudged_steps,
+        solver=Solver(schedule=d.schedule),
+        batch_phases=d.batch_phases,
+        seed=cfg.seed,
+    )
+
+
+def build_optimizer(cfg: ExperimentConfig, net: EnergyNetwork) -> torch.optim.Optimizer:
+    """One parameter group per weight layer, with that layer's lr and weight decay."""
+    o = cfg.optim
+    n = net.n_layers
+    groups = [
+        {"params": list(layer.parameters()), "lr": lr, "weight_decay": wd}
+        for layer, lr, wd in zip(
+            net.weight_layers(), o.layer_lrs(n), o.layer_weight_decays(n), strict=True
+        )
+    ]
+    if o.kind == "sgd":
+        return torch.optim.SGD(groups, lr=groups[0]["lr"], momentum=o.momentum, nesterov=o.nesterov)
+    cls = torch.optim.Adam if o.kind == "adam" else torch.optim.AdamW
+    return cls(groups, lr=groups[0]["lr"], betas=o.betas)
+
+
+@dataclass
+class _Cosine:
+    """lr(e) = eta_min + (lr0 − eta_min)(1 + cos(π min(e, T)/T))/2 as a factor of lr0.
+
+    Unlike ``CosineAnnealingLR`` it stays at the floor after T epochs, as the paper's run did.
+    """
+
+    base: float
+    eta_min: float
+    t_max: int
+
+    def __call__(self, epoch: int) -> float:
+        e = min(epoch, self.t_max)
+        lr = self.eta_min + (self.base - self.eta_min) * 0.5 * (
+            1 + math.cos(math.pi * e / self.t_max)
+        )
+        return lr / self.base
+
+
+def build_scheduler(
+    cfg: ExperimentConfig, optimizer: torch.optim.Optimizer
+) -> torch.optim.lr_scheduler.LRScheduler | None:
+    """Cosine annealing per epoch (per-group base lr, one floor), or None."""
+    s = cfg.optim.scheduler
+    if s.kind == "none":
+        return None
+    t_max = s.resolved_t_max(cfg.train.epochs)
+    lambdas = [_Cosine(g["lr"], s.eta_min, t_max) for g in optimizer.param_groups]
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambdas)
+
+
+# ------------------------------------------------------------------------------- the trainer
+
+
+@dataclass
+class _EpochStats:
+    """Running training statistics of one epoch (saved in mid-epoch checkpoints)."""
+
+    errors: int = 0
+    loss_sum: float = 0.0
+    count: int = 0
+    free_steps: list[int] = field(default_factory=list)
+    nudged_steps: list[int] = field(default_factory=list)
+
+    def as_dict(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+class _Interrupt:
+    """Turns the first Ctrl-C into a flag checked between batches; the second one aborts."""
+
+    def __init__(self) -> None:
+        self.requested = False
+        self._previous: Any = None
+
+    def _handler(self, signum: int, frame: Any) -> None:
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+
+    @contextlib.contextmanager
+    def installed(self) -> Iterator[None]:
+        try:
+            self._previous = signal.signal(signal.SIGINT, self._handler)
+        except ValueError:  # not the main thread: leave Ctrl-C alone
+            yield
+            return
+        try:
+            yield
+        finally:
+            signal.signal(signal.SIGINT, self._previous)
+
+
+@dataclass
+class Splits:
+    """The three loaders of a run."""
+
+    train: EpochLoader
+    val: EpochLoader | None
+    test: EpochLoader
+
+
+def make_splits(cfg: ExperimentConfig, data: Dataset, device: torch.device, dtype) -> Splits:
+    """Seeded validation split, normalisation and loaders, all on ``device``."""
+    n = data.y_train.shape[0]
+    val_size = cfg.data.resolved_val_size(n)
+    train_idx, val_idx = split_validation(n, val_size, cfg.seed)
+    norm = normalizer_for(data, cfg.data.normalize)
+    eval_bs = cfg.train.resolved_eval_batch_size
+
+    def loader(x: Tensor, y: Tensor, train: bool) -> EpochLoader:
+        return EpochLoader(
+            x, y, batch_size=cfg.train.batch_size if train else eval_bs, device=device,
+            dtype=dtype, normalizer=norm, shuffle=train, augment=train and cfg.data.augment,
+            seed=cfg.seed,
+        )  # fmt: skip
+
+    return Splits(
+        train=loader(data.x_train[train_idx], data.y_train[train_idx], True),
+        val=loader(data.x_train[val_idx], data.y_train[val_idx], False) if val_size else None,
+        test=loader(data.x_test, data.y_test, False),
+    )
+
+
+class Trainer:
+    """Trains one configuration into one run directory.
+
+    Args:
+        cfg: the experiment.
+        run_dir: where everything is written.
+        quiet: no progress bar; one line per epoch instead.
+        data: an already loaded dataset (tests); loaded from ``cfg.data`` otherwise.
+    """
+
+    def __init__(
+        self,
+        cfg: ExperimentConfig,
+        run_dir: str | Path,
+        quiet: bool = False,
+        data: Dataset | None = None,
+    ) -> None:
+        self.cfg = cfg
+        self.run_dir = Path(run_dir)
+        self.quiet = quiet
+        if cfg.train.num_threads:
+            torch.set_num_threads(cfg.train.num_threads)
+        self.device = resolve_device(cfg.train.device)
+        self.dtype = getattr(torch, cfg.train.dtype)
+        d = cfg.data
+        self.data = (
+            data if data is not None else load_dataset(d.dataset, d.root, download=d.download)
+        )
+        self.splits = make_splits(cfg, self.data, self.device, self.dtype)
+        self.net = build_network(cfg, self.data.input_shape, self.data.num_classes).to(
+            device=self.device, dtype=self.dtype
+        )
+        self.estimator = build_estimator(cfg)
+        self.optimizer = build_optimizer(cfg, self.net)
+        self.scheduler = build_scheduler(cfg, self.optimizer)
+        self.epoch = 0  # completed epochs
+        self.batch = 0  # batches completed in the current epoch
+        self.stats = _EpochStats()
+        self.best_val_accuracy: float | None = None
+        self.best_epoch: int | None = None
+        self.history: list[dict[str, Any]] = []
+        self.wall_seconds = 0.0
+
+    # --------------------------------------------------------------------------- state
+
+    @property
+    def checkpoint_dir(self) -> Path:
+        return self.run_dir / "checkpoints"
+
+    def state(self) -> dict[str, Any]:
+        """The checkpoint payload (keys documented in :mod:`eqprop.train.checkpoint`)."""
+        import eqprop
+
+        est_state = getattr(self.estimator, "state_dict", None)
+        return {
+            "epoch": self.epoch,
+            "batch": self.batch,
+            "model": self.net.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict() if self.scheduler else None,
+            "rng": {**rng_state(), "estimator": est_state() if est_state else None},
+            "partial": self.stats.as_dict(),
+            "best_val_accuracy": self.best_val_accuracy,
+            "best_epoch": self.best_epoch,
+            "config": config_to_dict(self.cfg),
+            "metrics_history": self.history,
+            "wall_seconds": self.wall_seconds,
+            "eqprop_version": eqprop.__version__,
+        }
+
+    def load_state(self, ckpt: dict[str, Any]) -> None:
+        """Restore everything :meth:`state` saved."""
+        self.net.load_state_dict(ckpt["model"])
+        self.optimizer.load_state_dict(ckpt["optimizer"])
+        if self.scheduler is not None and ckpt.get("scheduler") is not None:
+            self.scheduler.load_state_dict(ckpt["scheduler"])
+        rng = dict(ckpt.get("rng") or {})
+        est = rng.pop("estimator", None)
+        set_rng_state(rng)
+        if est is not None and hasattr(self.estimator, "load_state_dict"):
+            self.estimator.load_state_dict(est)
+        self.epoch, self.batch = int(ckpt["epoch"]), int(ckpt["batch"])
+        self.stats = _EpochStats(**ckpt.get("partial", {}))
+        self.best_val_accuracy = ckpt.get("best_val_accuracy")
+        self.best_epoch = ckpt.get("best_epoch")
+        self.history = list(ckpt.get("metrics_history", []))
+        self.wall_seconds = float(ckpt.get("wall_seconds", 0.0))
+
+    def save(self, name: str = "last") -> Path:
+        path = self.checkpoint_dir / f"{name}.pt"
+        save_checkpoint(path, self.state())
+        return path
+
+    # --------------------------------------------------------------------------- evaluation
+
+    @torch.no_grad()
+    def evaluate(self, loader: EpochLoader) -> tuple[float, float]:
+        """(error rate, mean loss) of the free equilibrium after the evaluation steps."""
+        steps = self.cfg.dynamics.resolved_eval_steps
+        solver = self.estimator.solver
+        errors = torch.zeros((), dtype=torch.long, device=self.device)
+        loss = torch.zeros((), dtype=torch.float64, device=self.device)
+        for x, y in loader.epoch(0):
+            x, y = self.net.check_input(x, y)
+            res = solver.relax(
+                self.net, self.net.input_drive(x), self.net.zero_state(len(y)), steps
+            )
+            errors += (self.net.predict_from_state(res.state) != y).sum()
+            loss += self.net.loss(res.state, y).sum().double()
+        n = loader.num_samples
+        return int(errors) / n, float(loss) / n
+
+    # --------------------------------------------------------------------------- training
+
+    def _train_batch(self, x: Tensor, y: Tensor) -> None:
+        self.optimizer.zero_grad(set_to_none=True)
+        est = self.estimator.estimate(self.net, x, y)
+        grads = [p.grad for p in self.net.parameters() if p.grad is not None]
+        finite = torch.stack([est.loss.isfinite().all(), *(g.isfinite().all() for g in grads)])
+        errors = (est.predictions != y.to(est.predictions.device)).sum()
+        # One device sync per batch, after a whole relaxation: negligible.
+        ok, n_err, loss_sum = bool(finite.all()), int(errors), float(est.loss.sum())
+        if not ok:
+            raise TrainingError(
+                f"non-finite state, loss or gradient at epoch {self.epoch + 1}, batch "
+                f"{self.batch + 1}; the last good checkpoint is kept in {self.checkpoint_dir} "
+                "(try a smaller learning rate or beta)"
+            )
+        self.optimizer.step()
+        self.stats.errors += n_err
+        self.stats.loss_sum += loss_sum
+        self.stats.count += len(y)
+        self.stats.free_steps.append(est.free_steps)
+        self.stats.nudged_steps.append(est.nudged_steps)
+
+    def _end_epoch(self, seconds: float) -> dict[str, Any]:
+        s = self.stats
+        record: dict[str, Any] = {
+            "epoch": self.epoch + 1,
+            "train_error": s.errors / max(s.count, 1),
+            "train_loss": s.loss_sum / max(s.count, 1),
+        }
+        if self.splits.val is not None:
+            record["val_error"], record["val_loss"] = self.evaluate(self.splits.val)
+        record["test_error"], record["test_loss"] = self.evaluate(self.splits.test)
+        for i, group in enumerate(self.optimizer.param_groups):
+            record[f"lr_layer{i}"] = group["lr"]
+        record["free_steps_mean"] = sum(s.free_steps) / max(len(s.free_steps), 1)
+        record["free_steps_max"] = max(s.free_steps, default=0)
+        record["nudged_steps_mean"] = sum(s.nudged_steps) / max(len(s.nudged_steps), 1)
+        record["nudged_steps_max"] = max(s.nudged_steps, default=0)
+        record["seconds"] = seconds
+        if not all(p.isfinite().all() for p in self.net.parameters()):
+            raise TrainingError(
+                f"non-finite weights after epoch {self.epoch + 1}; the last good checkpoint is "
+                f"kept in {self.checkpoint_dir}"
+            )
+        if self.scheduler is not None:
+            self.scheduler.step()
+        return record
+
+    def fit(self, resume: bool = False) -> dict[str, Any]:
+        """Train to ``cfg.train.epochs`` (continuing from ``last.pt`` when ``resume``).
+
+        Returns:
+            The summary also written to ``summary.json``.
+
+        Raises:
+            TrainingError: non-finite values, or a resume whose config differs.
+        """
+        cfg = self.cfg
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        if resume:
+            ckpt = load_checkpoint(self.checkpoint_dir / "last.pt", map_location=self.device)
+            if config_from_dict(ckpt["config"]) != cfg:
+                raise TrainingError(
+                    f"resume: the configuration differs from the one saved in {self.run_dir}"
+                )
+            self.load_state(ckpt)
+        else:
+            save_config(cfg, self.run_dir / "config.yaml")
+        interrupt = _Interrupt()
+        with (
+            RunLogger(self.run_dir, cfg.log.tensorboard, cfg.log.plots) as log,
+            interrupt.installed(),
+        ):
+            log.truncate(self.epoch)  # drop records logged after the checkpoint we resume from
+            log.write_json("environment.json", environment_facts())
+            log.write_json("model.json", self.net.describe())
+            while self.epoch < cfg.train.epochs:
+                if self._run_epoch(log, interrupt):
+                    return {"interrupted": True, "epoch": self.epoch, "batch": self.batch}
+            summary = self._summary()
+            log.write_json("summary.json", summary)
+        return summary
+
+    def _run_epoch(self, log: RunLogger, interrupt: _Interrupt) -> bool:
+        """Train one epoch from the current position; True when interrupted."""
+        cfg = self.cfg
+        loader = self.splits.train
+        total = len(loader)
+        bar = tqdm(
+            total=total, initial=self.batch, desc=f"epoch {self.epoch + 1}/{cfg.train.epochs}",
+            disable=self.quiet or not cfg.log.progress, leave=False, dynamic_ncols=True,
+        )  # fmt: skip
+        t0 = time.perf_counter()
+        with bar:
+            for x, y in loader.epoch(self.epoch, start_batch=self.batch):
+                self._train_batch(x, y)
+                self.batch += 1
+                bar.update(1)
+                bar.set_postfix(
+                    acc=f"{1 - self.stats.errors / self.stats.count:.2%}", refresh=False
+                )
+                if interrupt.requested:
+                    self.wall_seconds += time.perf_counter() - t0
+                    path = self.save()
+                    tqdm.write(
+                        f"interrupted at epoch {self.epoch + 1}, batch {self.batch}/{total}; "
+                        f"saved {path}; continue with: eqprop resume {self.run_dir}"
+                    )
+                    return True
+        record = self._end_epoch(time.perf_counter() - t0)
+        self.wall_seconds += record["seconds"]
+        self.epoch += 1
+        self.batch = 0
+        self.stats = _EpochStats()
+        self.history.append(record)
+        log.log_epoch(record)
+        val_err = record.get("val_error")
+        if val_err is not None and (
+            self.best_val_accuracy is None or 1 - val_err > self.best_val_accuracy
+        ):
+            self.best_val_accuracy, self.best_epoch = 1 - val_err, self.epoch
+            self.save("best")
+        if self.epoch % cfg.train.save_every == 0 or self.epoch == cfg.train.epochs:
+            self.save("last")
+        if self.quiet or not cfg.log.progress:
+            parts = [f"{k}={v:.4f}" for k, v in record.items() if k.endswith("error")]
+            print(
+                f"epoch {self.epoch}/{cfg.train.epochs} "
+                + " ".join(parts)
+                + f" ({record['seconds']:.1f}s)"
+            )
+        else:
+            tqdm.write(
+                f"epoch {self.epoch}/{cfg.train.epochs}: train {1 - record['train_error']:.2%}"
+                + (f", val {1 - val_err:.2%}" if val_err is not None else "")
+                + f", test {1 - record['test_error']:.2%} ({record['seconds']:.1f}s)"
+            )
+        return False
+
+    def _summary(self) -> dict[str, Any]:
+        last = self.history[-1]
+        best = next((r for r in self.history if r["epoch"] == self.best_epoch), last)
+        return {
+            "name": self.cfg.name,
+            "epochs": self.epoch,
+            "selected_epoch": best["epoch"],
+            "test_accuracy": 1 - best["test_error"],
+            "val_accuracy": 1 - best["val_error"] if "val_error" in best else None,
+            "final_test_accuracy": 1 - last["test_error"],
+            "final_train_accuracy": 1 - last["train_error"],
+            "wall_seconds": self.wall_seconds,
+            "seconds_per_epoch": self.wall_seconds / max(self.epoch, 1),
+            "device": str(self.device),
+            "parameters": sum(p.numel() for p in self.net.parameters()),
+        }
+
+
+def load_run(run_dir: str | Path, checkpoint: str = "best", device: str | None = None):
+    """Rebuild a run's trainer from its checkpoint (for ``eqprop eval``).
+
+    Raises:
+        CheckpointError: when the checkpoint is missing or unreadable.
+    """
+    run_dir = Path(run_dir)
+    path = run_dir / "checkpoints" / f"{checkpoint}.pt"
+    if checkpoint == "best" and not path.exists():
+        path = run_dir / "checkpoints" / "last.pt"
+    ckpt = load_checkpoint(path)
+    if "config" not in ckpt:
+        raise CheckpointError(f"{path}: has no 'config' entry; cannot rebuild the run")
+    cfg = config_from_dict(ckpt["config"])
+    if device is not None:
+        cfg = config_from_dict(
+            {**ckpt["config"], "train": {**ckpt["config"]["train"], "device": device}}
+        )
+    trainer = Trainer(cfg, run_dir, quiet=True)
+    trainer.net.load_state_dict(ckpt["model"])
+    return trainer

@@ -1,0 +1,62 @@
+"""Parameters are ordinary modules: state_dict, dtypes, devices and init scaling work as usual."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from nets import make_batch, make_net
+
+from eqprop import EnergyNetwork, SymmetricEP
+from eqprop.dynamics import synchronous_step
+from eqprop.reference import reference_step
+
+cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+
+
+def test_state_dict_round_trip_and_init_scale():
+    torch.manual_seed(0)
+    plain = EnergyNetwork((6,), dense=[5], num_classes=3)
+    torch.manual_seed(0)
+    scaled = EnergyNetwork((6,), dense=[5], num_classes=3, init_scale=[0.5, 2.0])
+    w0, w1 = plain.interactions[0].linear.weight, scaled.interactions[0].linear.weight
+    torch.testing.assert_close(w1, 0.5 * w0)
+    torch.testing.assert_close(
+        scaled.interactions[1].linear.bias, 2.0 * plain.interactions[1].linear.bias
+    )
+    copy = EnergyNetwork((6,), dense=[5], num_classes=3)
+    copy.load_state_dict(scaled.state_dict())
+    assert all(
+        torch.equal(a, b) for a, b in zip(copy.parameters(), scaled.parameters(), strict=True)
+    )
+
+
+def test_float32_input_runs_in_a_float64_net():
+    net = make_net("conv_max", dtype=torch.float64)
+    x, y = make_batch(net)
+    net.zero_grad()
+    SymmetricEP(0.2, 4, 2).estimate(net, x.float(), y)
+    assert all(p.grad.dtype == torch.float64 for p in net.parameters())
+
+
+@cuda
+@pytest.mark.cuda
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("output", ["mse", "ce"])
+def test_cuda_matches_cpu(dtype, output):
+    net = make_net("mixed", output=output, dtype=dtype)
+    x, y = make_batch(net, batch=5)
+    gpu = make_net("mixed", output=output, dtype=dtype).cuda()
+    gpu.load_state_dict(net.state_dict())
+    est = SymmetricEP(0.3, 10, 4)
+    net.zero_grad()
+    gpu.zero_grad()
+    est.estimate(net, x, y)
+    est.estimate(gpu, x.cuda(), y.cuda())
+    tol = 1e-4 if dtype == torch.float32 else 1e-10
+    for p, q in zip(net.parameters(), gpu.parameters(), strict=True):
+        torch.testing.assert_close(q.grad.cpu(), p.grad, rtol=tol, atol=tol)
+    state = [s.cuda() for s in net.zero_state(5)]
+    with torch.no_grad():
+        fast = synchronous_step(gpu, gpu.input_drive(x.cuda()), state)
+    ref = reference_step(gpu, x.cuda().to(dtype), state)
+    assert max(float((a - b).abs().max()) for a, b in zip(fast, ref, strict=True)) <= tol
