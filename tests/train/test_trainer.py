@@ -1,0 +1,107 @@
+"""The trainer end to end on the bundled digits: run directory, exact resume, failure handling."""
+
+from __future__ import annotations
+
+import json
+import signal
+
+import pytest
+import torch
+
+from eqprop.train.checkpoint import load_checkpoint
+from eqprop.train.config import load_config
+from eqprop.train.trainer import Trainer, TrainingError
+
+TIMING_KEYS = {"seconds"}
+
+
+def small_config(**extra: str):
+    """A few-second digits run that exercises every stateful piece: SGD momentum, a cosine
+    schedule, augmentation and the random-sign estimator's generator."""
+    overrides = [
+        "train.epochs=3", "train.batch_size=64", "model.dense=[32]", "dynamics.free_steps=8",
+        "dynamics.nudged_steps=3", "estimator.kind=random_sign", "optim.kind=sgd",
+        "optim.lr=[0.2, 0.1]", "optim.momentum=0.9", "optim.scheduler.kind=cosine",
+        "optim.scheduler.eta_min=0.01", "data.augment=true", "log.tensorboard=false",
+        "log.plots=false",
+    ]  # fmt: skip
+    overrides += [f"{k}={v}" for k, v in extra.items()]
+    return load_config("digits-quickstart", overrides)
+
+
+def records(run_dir) -> list[dict]:
+    lines = (run_dir / "metrics.jsonl").read_text().splitlines()
+    return [{k: v for k, v in json.loads(line).items() if k not in TIMING_KEYS} for line in lines]
+
+
+def test_quickstart_preset_trains_end_to_end(tmp_path):
+    cfg = load_config("digits-quickstart", ["train.epochs=4"])
+    summary = Trainer(cfg, tmp_path, quiet=True).fit()
+    assert summary["epochs"] == 4
+    assert summary["test_accuracy"] > 0.85
+    assert 0.0 <= summary["val_accuracy"] <= 1.0
+    for name in ("config.yaml", "environment.json", "metrics.jsonl", "metrics.csv", "curves.png",
+                 "summary.json", "checkpoints/last.pt", "checkpoints/best.pt"):  # fmt: skip
+        assert (tmp_path / name).exists(), name
+    assert list((tmp_path / "tensorboard").iterdir())
+    record = records(tmp_path)[-1]
+    assert {"train_error", "val_error", "test_error", "train_loss", "lr_layer0",
+            "free_steps_mean", "nudged_steps_max"} <= record.keys()  # fmt: skip
+    assert (
+        json.loads((tmp_path / "summary.json").read_text())["test_accuracy"]
+        == summary["test_accuracy"]
+    )
+
+
+@pytest.mark.parametrize("stop_at", [5, 17])  # mid-epoch 1; mid-epoch 3 after two boundaries
+def test_interrupted_then_resumed_run_equals_uninterrupted_run(tmp_path, monkeypatch, stop_at):
+    full = tmp_path / "full"
+    Trainer(small_config(), full, quiet=True).fit()
+
+    cut = tmp_path / "cut"
+    trainer = Trainer(small_config(), cut, quiet=True)
+    original = Trainer._train_batch
+    calls = {"n": 0}
+
+    def train_batch_then_ctrl_c(self, x, y):
+        original(self, x, y)
+        calls["n"] += 1
+        if calls["n"] == stop_at:
+            signal.raise_signal(signal.SIGINT)  # what Ctrl-C does
+
+    monkeypatch.setattr(Trainer, "_train_batch", train_batch_then_ctrl_c)
+    assert trainer.fit()["interrupted"]
+    monkeypatch.setattr(Trainer, "_train_batch", original)
+    ckpt = load_checkpoint(cut / "checkpoints" / "last.pt")
+    assert ckpt["batch"] > 0  # saved mid-epoch
+
+    resumed = Trainer(small_config(), cut, quiet=True)  # a new process would do the same
+    resumed.fit(resume=True)
+    assert records(cut) == records(full)
+    final_a = load_checkpoint(full / "checkpoints" / "last.pt")["model"]
+    final_b = load_checkpoint(cut / "checkpoints" / "last.pt")["model"]
+    assert all(torch.equal(final_a[k], final_b[k]) for k in final_a)
+
+
+def test_resume_refuses_a_different_config(tmp_path):
+    Trainer(small_config(**{"train.epochs": "1"}), tmp_path, quiet=True).fit()
+    with pytest.raises(TrainingError, match="configuration differs"):
+        Trainer(small_config(**{"train.epochs": "1", "optim.lr": "0.3"}), tmp_path).fit(resume=True)
+
+
+def test_non_finite_values_stop_the_run_and_keep_the_last_good_checkpoint(tmp_path, monkeypatch):
+    trainer = Trainer(small_config(), tmp_path, quiet=True)
+    original = Trainer._train_batch
+
+    def poisoned(self, x, y):
+        if self.epoch == 1 and self.batch == 2:
+            with torch.no_grad():
+                next(self.net.parameters()).fill_(float("nan"))
+        original(self, x, y)
+
+    monkeypatch.setattr(Trainer, "_train_batch", poisoned)
+    with pytest.raises(TrainingError, match=r"non-finite .* epoch 2, batch 3; the last good"):
+        trainer.fit()
+    ckpt = load_checkpoint(tmp_path / "checkpoints" / "last.pt")
+    assert ckpt["epoch"] == 1
+    assert all(torch.isfinite(t).all() for t in ckpt["model"].values())
