@@ -120,6 +120,9 @@ class ConvInteraction(Interaction):
         self.spec = spec
         self.pre_shape = tuple(pre_shape)
         self.conv = nn.Conv2d(c, spec.channels, spec.kernel, spec.stride, spec.padding)
+        # Channels-last weights, like the states (see EnergyNetwork.zero_state): oneDNN and
+        # cuDNN then skip a layout conversion of the weight at every conv call.
+        self.conv.weight.data = self.conv.weight.data.contiguous(memory_format=torch.channels_last)
         ch = (h + 2 * spec.padding - spec.kernel) // spec.stride + 1
         cw = (w + 2 * spec.padding - spec.kernel) // spec.stride + 1
         if ch < 1 or cw < 1:

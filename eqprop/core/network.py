@@ -37,6 +37,11 @@ OUTPUTS: dict[str, str] = {
 State = list[Tensor]
 
 
+def cat_states(states: Sequence[Sequence[Tensor]]) -> State:
+    """Concatenate several states layer by layer along the batch dimension."""
+    return [torch.cat([s.detach() for s in layer], 0) for layer in zip(*states, strict=True)]
+
+
 def _fast_layout(t: Tensor) -> Tensor:
     return t.contiguous(memory_format=torch.channels_last) if t.dim() == 4 else t
 
@@ -218,6 +223,40 @@ class EnergyNetwork(nn.Module):
         for n in range(1, len(self.interactions)):
             total = total + self.interactions[n].phi(state[n - 1], state[n])
         return total
+
+    def ep_surrogate(
+        self,
+        x: Tensor,
+        y: Tensor,
+        free_state: Sequence[Tensor],
+        nudged: Sequence[Sequence[Tensor]],
+        betas: Sequence[float],
+        coefs: Sequence[float],
+        c_free: float,
+    ) -> Tensor:
+        """Scalar whose θ-gradient is the EP update: [Σ_k c_k Φ(s_k) + c_free Φ(s*)] / B.
+
+        Φ is bilinear, so its θ-gradient at fixed states is the local Hebbian contrast
+        post ⊗ pre. All compared states go through one Φ evaluation, stacked along the batch.
+        With a readout, the mean CE over the nudged states is added: its gradient is the
+        readout's update (spec §3). States are treated as constants.
+        """
+        states = [list(s) for s in nudged]
+        weights = list(coefs)
+        if c_free != 0.0:
+            states.append(list(free_state))
+            weights.append(c_free)
+        b = x.shape[0]
+        stacked = cat_states(states)
+        xs = x.repeat(len(states), *([1] * (x.dim() - 1)))
+        w = torch.tensor(weights, dtype=x.dtype, device=x.device).repeat_interleave(b) / b
+        surrogate = (w * self.phi(xs, stacked)).sum()
+        if self.readout is not None:
+            surrogate = surrogate + self.loss(cat_states(nudged), y.repeat(len(nudged))).mean()
+        return surrogate
+
+    def postprocess_grads(self) -> None:
+        """Hook run after the EP gradients are accumulated (nothing for symmetric nets)."""
 
     def logits(self, state: Sequence[Tensor]) -> Tensor:
         """Class scores of a state: the output layer (mse) or the readout (ce), shape (B, K)."""

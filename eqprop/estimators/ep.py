@@ -69,10 +69,6 @@ class Estimate:
         return self.logits.argmax(1)
 
 
-def _cat_states(states: Sequence[Sequence[Tensor]]) -> State:
-    return [torch.cat(layer, 0) for layer in zip(*states, strict=True)]
-
-
 @dataclass
 class EPEstimator:
     """Base EP estimator; subclasses choose the nudged phases and how states are contrasted.
@@ -192,25 +188,16 @@ class EPEstimator:
         nudged: list[State],
         betas: list[float],
     ) -> None:
-        """Add g = ∂/∂θ [Σ_k c_k Φ(s_k) + c_free Φ(s*)] / B (and the readout's CE) to ``.grad``."""
+        """Add the EP descent direction (batch mean) to every ``.grad``.
+
+        The network turns the contrast coefficients into a surrogate scalar whose gradient is
+        the update (:meth:`EnergyNetwork.ep_surrogate`), then may post-process the gradients
+        (:meth:`EnergyNetwork.postprocess_grads`).
+        """
         coefs, c_free = self.contrast(betas)
-        states = list(nudged)
-        weights = list(coefs)
-        if c_free != 0.0:
-            states.append(free_state)
-            weights.append(c_free)
-        b = x.shape[0]
-        # One Φ evaluation over all compared states stacked along the batch.
-        stacked = _cat_states(states)
-        xs = x.repeat(len(states), *([1] * (x.dim() - 1)))
-        w = torch.tensor(weights, dtype=x.dtype, device=x.device).repeat_interleave(b) / b
         with torch.enable_grad():
-            surrogate = (w * net.phi(xs, stacked)).sum()
-            if net.readout is not None:
-                # CE gradient of the readout at the nudged states, averaged over the phases.
-                nudged_cat = _cat_states(nudged)
-                surrogate = surrogate + net.loss(nudged_cat, y.repeat(len(nudged))).mean()
-            surrogate.backward()
+            net.ep_surrogate(x, y, free_state, nudged, betas, coefs, c_free).backward()
+        net.postprocess_grads()
 
 
 @dataclass
