@@ -6,6 +6,7 @@ The layers, from the mathematics up: :mod:`eqprop.core` (activations, interactio
 """
 
 from eqprop.core import ACTIVATIONS, ConvLayer, EnergyNetwork
+from eqprop.core.asymmetric import AsymmetricNetwork
 from eqprop.dynamics import RelaxResult, Solver, relax
 from eqprop.estimators import (
     ESTIMATORS,
@@ -22,6 +23,7 @@ __version__ = "0.1.0"
 __all__ = [
     "ACTIVATIONS",
     "ESTIMATORS",
+    "AsymmetricNetwork",
     "ConvLayer",
     "EnergyNetwork",
     "Estimate",

@@ -1,6 +1,13 @@
 """Mathematics of energy networks: activations, interactions, Φ, losses (imports only torch)."""
 
 from eqprop.core.activations import ACTIVATIONS, Activation, get_activation
+from eqprop.core.asymmetric import (
+    FEEDBACK_INITS,
+    UPDATE_RULES,
+    AsymmetricConvInteraction,
+    AsymmetricDenseInteraction,
+    AsymmetricNetwork,
+)
 from eqprop.core.interactions import (
     POOLS,
     ConvInteraction,
@@ -12,9 +19,14 @@ from eqprop.core.network import OUTPUTS, EnergyNetwork
 
 __all__ = [
     "ACTIVATIONS",
+    "FEEDBACK_INITS",
     "OUTPUTS",
     "POOLS",
+    "UPDATE_RULES",
     "Activation",
+    "AsymmetricConvInteraction",
+    "AsymmetricDenseInteraction",
+    "AsymmetricNetwork",
     "ConvInteraction",
     "ConvLayer",
     "DenseInteraction",

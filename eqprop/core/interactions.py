@@ -167,8 +167,8 @@ class ConvInteraction(Interaction):
             # Max-pool's backward scatters post to the argmax of the current pre-pool map z. It
             # is the same map as max_unpool2d, many times faster on CPU, and keeps z's layout.
             return torch.ops.aten.max_pool2d_with_indices_backward(
-                post, z, [2, 2], [2, 2], [0, 0], [1, 1], False, argmax
-            )
+                post.to(z.dtype), z, [2, 2], [2, 2], [0, 0], [1, 1], False, argmax
+            )  # (z is bf16 under autocast while states stay float32)
         if self.spec.pool == "a":
             up = post.repeat_interleave(2, dim=2).repeat_interleave(2, dim=3).mul_(0.25)
             if up.shape[-2:] != (ch, cw):  # odd conv output: the last row/column is not pooled

@@ -1,5 +1,27 @@
 """Relaxation dynamics: schedules, solvers and their results (imports core)."""
 
-from eqprop.dynamics.relax import SCHEDULES, RelaxResult, Solver, relax, synchronous_step
+from eqprop.dynamics.relax import (
+    INITS,
+    PRECISIONS,
+    SCHEDULES,
+    RelaxResult,
+    Solver,
+    even_odd_step,
+    feedforward_state,
+    precision_context,
+    relax,
+    synchronous_step,
+)
 
-__all__ = ["SCHEDULES", "RelaxResult", "Solver", "relax", "synchronous_step"]
+__all__ = [
+    "INITS",
+    "PRECISIONS",
+    "SCHEDULES",
+    "RelaxResult",
+    "Solver",
+    "even_odd_step",
+    "feedforward_state",
+    "precision_context",
+    "relax",
+    "synchronous_step",
+]

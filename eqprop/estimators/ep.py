@@ -118,7 +118,7 @@ class EPEstimator:
     ) -> tuple[Tensor, State, int]:
         """Validate ``x`` and relax freely; returns (input drive, s*, steps)."""
         drive = net.input_drive(x)
-        start = state if state is not None else net.zero_state(x.shape[0])
+        start = state if state is not None else self.solver.initial_state(net, drive)
         free = self.solver.relax(net, drive, start, self.free_steps)
         return drive, free.state, free.steps
 
@@ -167,7 +167,7 @@ class EPEstimator:
             net: the network.
             x: inputs, shape (B, *net.input_shape).
             y: integer labels, shape (B,).
-            state: optional starting state of the free phase (default zeros).
+            state: optional starting state of the free phase (default: the solver's init).
         """
         x, y = net.check_input(x, y)
         drive, free_state, free_steps = self.relax_free(net, x, state)
@@ -278,7 +278,9 @@ def predict(
 ) -> tuple[Tensor, Tensor]:
     """Relax freely for ``steps`` and return (predicted classes (B,), logits (B, K))."""
     x, _ = net.check_input(x)
-    res = (solver or Solver()).relax(net, net.input_drive(x), net.zero_state(x.shape[0]), steps)
+    solver = solver or Solver()
+    drive = net.input_drive(x)
+    res = solver.relax(net, drive, solver.initial_state(net, drive), steps)
     with torch.no_grad():
         logits = net.logits(res.state)
     return logits.argmax(1), logits

@@ -119,3 +119,82 @@ def bptt_gradients(
         name: (g if g is not None else torch.zeros_like(p))
         for (name, p), g in zip(params.items(), grads, strict=True)
     }
+
+
+# ----------------------------------------------------------------- asymmetric networks (§4)
+
+__all__ += ["reference_asymmetric_phi", "reference_asymmetric_step"]
+
+
+def _reference_term(
+    layer: torch.nn.Module, weight: Tensor, bias: Tensor | None, pre: Tensor, post: Tensor
+) -> Tensor:
+    """⟨post, P(weight ⋆ pre + bias)⟩ per example, with ``layer``'s conv geometry and pool."""
+    if isinstance(layer, ConvInteraction):
+        spec = layer.spec
+        z = F.conv2d(pre, weight, bias, spec.stride, spec.padding)
+        if spec.pool == "m":
+            z = F.max_pool2d(z, 2)
+        elif spec.pool == "a":
+            z = F.avg_pool2d(z, 2)
+    else:
+        z = pre.flatten(1) @ weight.T
+        if bias is not None:
+            z = z + bias
+    return (post * z).flatten(1).sum(1)
+
+
+def reference_asymmetric_phi(
+    net: EnergyNetwork,
+    x: Tensor,
+    n: int,
+    state: Sequence[Tensor],
+    nudged: Sequence[Tensor] | None = None,
+) -> Tensor:
+    """Per-layer function of an asymmetric network (spec §4), per example (B,).
+
+    φ_n(s) = ⟨s_n, P_n(W_n s_{n−1} + b_n)⟩ + ⟨s_{n+1}, P_{n+1}(B_{n+1} s_n)⟩ with s_{−1} = x and
+    B_{n+1} = ``net.interactions[n + 1].feedback`` (the spec's B_n). With ``nudged`` = s^β it is
+    the mixed φ̃_n(s, s^β) = ⟨s^β_n, P_n(W_n s_{n−1} + b_n)⟩ + ⟨s_{n+1}, P_{n+1}(B_{n+1} s^β_n)⟩.
+    No loss term.
+    """
+    post = state if nudged is None else nudged
+    layer = net.interactions[n]
+    pre = x if n == 0 else state[n - 1]
+    if isinstance(layer, ConvInteraction):
+        weight, bias = layer.conv.weight, layer.conv.bias
+    else:
+        weight, bias = layer.linear.weight, layer.linear.bias
+    total = _reference_term(layer, weight, bias, pre, post[n])
+    if n + 1 < len(net.interactions):
+        up = net.interactions[n + 1]
+        total = total + _reference_term(up, up.feedback, None, post[n], state[n + 1])
+    return total
+
+
+def reference_asymmetric_step(
+    net: EnergyNetwork,
+    x: Tensor,
+    state: Sequence[Tensor],
+    y: Tensor | None = None,
+    beta: float | Tensor = 0.0,
+) -> list[Tensor]:
+    """One synchronous step of an asymmetric network: s_n ← σ(∂(φ_n − β L [n = target])/∂s_n).
+
+    Each layer's own φ_n (:func:`reference_asymmetric_phi`) is differentiated by autograd with
+    respect to that layer's state only; ``beta`` is a float or a per-example (B, 1) tensor.
+    """
+    nudging = isinstance(beta, Tensor) or beta != 0.0
+    act = net.activation.fn
+    new: list[Tensor] = []
+    with torch.enable_grad():
+        s = [t.detach().requires_grad_() for t in state]
+        for n in range(len(s)):
+            phi = reference_asymmetric_phi(net, x, n, s)
+            if nudging and n == net.target_layer:
+                assert y is not None
+                b = beta.flatten() if isinstance(beta, Tensor) else beta
+                phi = phi - b * reference_loss(net, s, y)
+            (grad,) = torch.autograd.grad(phi.sum(), s[n])
+            new.append(act(grad).detach())
+    return new

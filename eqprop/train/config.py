@@ -61,10 +61,14 @@ __all__ = [
 DatasetName = Literal["digits", "mnist", "fashion_mnist", "cifar10", "cifar100", "npz"]
 Normalization = Literal["none", "standard", "paper"]
 PoolKind = Literal["m", "a", "i"]
-ModelKind = Literal["symmetric"]
+ModelKind = Literal["symmetric", "asymmetric"]
+UpdateRule = Literal["different", "same"]
+FeedbackInit = Literal["random", "forward"]
 OutputKind = Literal["mse", "ce"]
-ScheduleName = Literal["synchronous"]
-EstimatorKind = Literal["one_sided", "symmetric", "random_sign"]
+ScheduleName = Literal["synchronous", "even_odd"]
+InitName = Literal["zeros", "feedforward"]
+PrecisionName = Literal["float32", "tf32", "bf16"]
+EstimatorKind = Literal["one_sided", "symmetric", "random_sign", "bptt"]
 SchedulerKind = Literal["none", "cosine"]
 OptimizerKind = Literal["sgd", "adam", "adamw"]
 DtypeName = Literal["float32", "float64"]
@@ -412,6 +416,10 @@ class ModelConfig(_Section):
         activation: name of σ in :data:`eqprop.core.activations.ACTIVATIONS`.
         init_scale: weight-init gain; a tuple gives one per weight layer; None means the
             library default.
+        update_rule: asymmetric nets only (spec §4): ``different`` (postsynaptic change ×
+            free presynaptic activity) or ``same`` (W and B get the mean of their updates).
+        feedback_init: asymmetric nets only: ``random`` (an independent draw, about 90° from
+            W) or ``forward`` (B starts equal to W).
     """
 
     kind: ModelKind = "symmetric"
@@ -420,6 +428,8 @@ class ModelConfig(_Section):
     output: OutputKind = "mse"
     activation: str = "my_hard_sig"
     init_scale: float | tuple[float, ...] | None = field(default=None, metadata=_POSITIVE)
+    update_rule: UpdateRule = "different"
+    feedback_init: FeedbackInit = "random"
 
     @property
     def n_layers(self) -> int:
@@ -452,6 +462,13 @@ class DynamicsConfig(_Section):
         schedule: order of the layer updates within a step.
         batch_phases: relax the +β and −β phases together as one batch (faster; set false to
             reproduce the paper's sequential phases exactly).
+        tol: stop each phase once the largest state change of a step falls below ``tol``
+            (``free_steps`` / ``nudged_steps`` then act as caps); None runs fixed step counts.
+        check_every: steps between tolerance checks (each check syncs with the device).
+        init: free-phase starting point: ``zeros`` (the paper's) or ``feedforward``.
+        compile: run the relaxation step through ``torch.compile``.
+        precision: ``float32`` (the run's dtype), ``tf32`` (CUDA tensor cores) or ``bf16``
+            (autocast convolutions; states and the EP contrast stay in float32).
     """
 
     free_steps: int = field(default=20, metadata=_INT_GE1)
@@ -459,6 +476,11 @@ class DynamicsConfig(_Section):
     eval_steps: int | None = field(default=None, metadata=_INT_GE1)
     schedule: ScheduleName = "synchronous"
     batch_phases: bool = True
+    tol: float | None = field(default=None, metadata=_POSITIVE)
+    check_every: int = field(default=1, metadata=_INT_GE1)
+    init: InitName = "zeros"
+    compile: bool = False
+    precision: PrecisionName = "float32"
 
     @property
     def resolved_eval_steps(self) -> int:
@@ -468,16 +490,20 @@ class DynamicsConfig(_Section):
 
 @dataclass(frozen=True)
 class EstimatorConfig(_Section):
-    """EP gradient estimator (spec §2).
+    """Gradient estimator (spec §2 and §5).
 
     Attributes:
-        kind: ``one_sided`` (+β), ``random_sign`` (±β drawn per minibatch) or ``symmetric``
-            (+β and −β).
-        beta: nudging strength |β|.
+        kind: ``one_sided`` (+β), ``random_sign`` (±β drawn per minibatch), ``symmetric``
+            (+β and −β), or ``bptt``: backpropagation through time, the paper's baseline
+            (``dynamics.free_steps`` − ``dynamics.nudged_steps`` steps without a graph, then
+            ``nudged_steps`` steps with one; memory grows with the steps kept).
+        beta: nudging strength |β| (unused by ``bptt``).
+        full_bptt: ``bptt`` only: back-propagate through all ``free_steps`` steps.
     """
 
     kind: EstimatorKind = "symmetric"
     beta: float = field(default=0.5, metadata=_POSITIVE)
+    full_bptt: bool = False
 
 
 @dataclass(frozen=True)

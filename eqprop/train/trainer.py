@@ -102,7 +102,14 @@ def build_estimator(cfg: ExperimentConfig) -> EPEstimator:
         beta=cfg.estimator.beta,
         free_steps=d.free_steps,
         nudged_steps=d.nudged_steps,
-        solver=Solver(schedule=d.schedule),
+        solver=Solver(
+            schedule=d.schedule,
+            tol=d.tol,
+            check_every=d.check_every,
+            init=d.init,
+            compile=d.compile,
+            precision=d.precision,
+        ),  # fmt: skip
         batch_phases=d.batch_phases,
         seed=cfg.seed,
     )
@@ -332,9 +339,8 @@ class Trainer:
         loss = torch.zeros((), dtype=torch.float64, device=self.device)
         for x, y in loader.epoch(0):
             x, y = self.net.check_input(x, y)
-            res = solver.relax(
-                self.net, self.net.input_drive(x), self.net.zero_state(len(y)), steps
-            )
+            drive = self.net.input_drive(x)
+            res = solver.relax(self.net, drive, solver.initial_state(self.net, drive), steps)
             errors += (self.net.predict_from_state(res.state) != y).sum()
             loss += self.net.loss(res.state, y).sum().double()
         n = loader.num_samples

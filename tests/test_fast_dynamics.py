@@ -1,0 +1,159 @@
+"""Fast relaxation (spec §7): even/odd schedule, warm starts, tolerance, compile, bf16.
+
+Every fast path is checked against the slow reference (autograd of Φ, float64) or against the
+exact synchronous solver.
+"""
+
+from __future__ import annotations
+
+import itertools
+
+import pytest
+import torch
+from nets import ARCHITECTURES, make_batch, make_net
+
+from eqprop import Solver, SymmetricEP, relax
+from eqprop.dynamics import even_odd_step, feedforward_state, synchronous_step
+from eqprop.reference import reference_phi, reference_step
+
+
+def max_diff(a, b) -> float:
+    return max(float((u - v).abs().max()) for u, v in zip(a, b, strict=True))
+
+
+def reference_even_odd(net, x, state, y=None, beta=0.0):
+    """Block-coordinate sweep from the autograd reference: even layers, then odd layers."""
+    first = reference_step(net, x, state, y, beta)
+    mid = [first[n] if n % 2 == 0 else s for n, s in enumerate(state)]
+    second = reference_step(net, x, mid, y, beta)
+    return [mid[n] if n % 2 == 0 else second[n] for n in range(len(state))]
+
+
+@pytest.mark.parametrize("output", ["mse", "ce"])
+@pytest.mark.parametrize("arch", list(ARCHITECTURES))
+def test_even_odd_sweep_equals_block_coordinate_reference(arch, output):
+    net = make_net(arch, output=output, init_scale=1.5)
+    x, y = make_batch(net)
+    drive = net.input_drive(x)
+    for beta in (0.0, 0.4):
+        nudge = (lambda s, b=beta: net.nudge_drive(s, y, b)) if beta else None
+        state, cache = net.zero_state(x.shape[0]), {}
+        for _ in range(8):
+            with torch.no_grad():
+                fast = even_odd_step(net, drive, state, nudge, cache)  # argmax reused via cache
+                fresh = even_odd_step(net, drive, state, nudge)  # everything recomputed
+            ref = reference_even_odd(net, x, state, y, beta)
+            assert max_diff(fast, ref) <= 1e-10
+            assert max_diff(fast, fresh) == 0.0
+            state = fast
+
+
+@pytest.mark.parametrize("arch", ["dense", "conv_avg"])
+def test_energy_never_rises_under_even_odd_sweeps(arch):
+    """hard_sigmoid, no max pool: each block update exactly minimises E = ½‖s‖² − Φ."""
+    net = make_net(arch, activation="hard_sigmoid", init_scale=2.0)
+    x, _ = make_batch(net, batch=5)
+
+    @torch.no_grad()
+    def energy(s):
+        return 0.5 * sum(float((t**2).sum()) for t in s) - float(reference_phi(net, x, s).sum())
+
+    drive = net.input_drive(x)
+    state, cache = net.zero_state(5), {}
+    energies = [energy(state)]
+    for _ in range(30):
+        with torch.no_grad():
+            state = even_odd_step(net, drive, state, cache=cache)
+        energies.append(energy(state))
+    assert all(b <= a + 1e-12 for a, b in itertools.pairwise(energies))
+    assert energies[-1] < energies[0]
+
+
+@pytest.mark.parametrize(
+    ("arch", "output"), [("dense", "mse"), ("conv_max", "ce"), ("mixed", "mse")]
+)
+def test_fast_solver_reaches_the_same_fixed_point_and_gradient(arch, output):
+    """A contracting net has one fixed point: even/odd + tolerance + warm start must find it."""
+    net = make_net(arch, output=output, activation="sigmoid", init_scale=0.5)
+    x, y = make_batch(net, batch=4)
+    exact = Solver()
+    fast = Solver(schedule="even_odd", tol=1e-13, init="feedforward")
+    s_exact = relax(net, x, 400, solver=exact).state
+    res_fast = relax(net, x, 400, solver=fast)
+    assert res_fast.steps < 400
+    assert max_diff(res_fast.state, s_exact) <= 1e-11
+
+    grads = []
+    for solver in (exact, fast):
+        net.zero_grad()
+        SymmetricEP(0.05, 400, 400, solver=solver).estimate(net, x, y)
+        grads.append(torch.cat([p.grad.flatten() for p in net.parameters()]))
+    assert float((grads[1] - grads[0]).norm() / grads[0].norm()) <= 1e-5
+
+
+def test_even_odd_needs_fewer_steps_than_synchronous():
+    net = make_net("mixed", activation="sigmoid", init_scale=0.8)
+    x, _ = make_batch(net, batch=4)
+    steps = {
+        schedule: relax(net, x, 1000, solver=Solver(schedule=schedule, tol=1e-10)).steps
+        for schedule in ("synchronous", "even_odd")
+    }
+    assert steps["even_odd"] < steps["synchronous"]
+
+
+def test_feedforward_init_is_one_sweep_without_feedback():
+    net = make_net("dense", activation="sigmoid")
+    x, _ = make_batch(net)
+    s = feedforward_state(net, net.input_drive(x))
+    w0, w1 = net.interactions[0].linear, net.interactions[1].linear
+    h = torch.sigmoid(x @ w0.weight.T + w0.bias)
+    torch.testing.assert_close(s[0], h)
+    torch.testing.assert_close(s[1], torch.sigmoid(h @ w1.weight.T + w1.bias))
+
+
+def test_tolerance_checked_every_k_steps_stops_on_a_multiple_of_k():
+    net = make_net("dense", init_scale=0.5)
+    x, _ = make_batch(net)
+    res = relax(net, x, 500, solver=Solver(tol=1e-9, check_every=7))
+    assert res.steps % 7 == 0 and res.residual < 1e-9
+
+
+def test_bf16_keeps_float32_states_and_stays_close():
+    net = make_net("conv_max", output="ce", dtype=torch.float32, activation="sigmoid")
+    x, y = make_batch(net, batch=4)
+    ref = relax(net, x, 30, y=y, beta=0.5).state
+    low = relax(net, x, 30, y=y, beta=0.5, solver=Solver(precision="bf16")).state
+    assert all(s.dtype == torch.float32 for s in low)
+    assert 0 < max_diff(low, ref) < 5e-2
+
+
+def test_unknown_solver_options_are_rejected():
+    with pytest.raises(
+        ValueError, match=r"init: unknown name 'ones'; choose one of zeros, feedforward"
+    ):
+        Solver(init="ones")
+    with pytest.raises(ValueError, match=r"precision: unknown name 'fp8'"):
+        Solver(precision="fp8")
+
+
+def test_compiled_step_equals_eager_step():
+    net = make_net("conv_max", output="ce", dtype=torch.float32)
+    x, y = make_batch(net, batch=4)
+    for schedule in ("synchronous", "even_odd"):
+        eager = relax(net, x, 6, y=y, beta=0.3, solver=Solver(schedule=schedule))
+        compiled = relax(net, x, 6, y=y, beta=0.3, solver=Solver(schedule=schedule, compile=True))
+        assert max_diff(compiled.state, eager.state) <= 1e-5
+
+
+def test_synchronous_step_signature_accepts_a_cache():
+    net = make_net("dense")
+    x, _ = make_batch(net)
+    drive = net.input_drive(x)
+    state = net.zero_state(3)
+    with torch.no_grad():
+        assert (
+            max_diff(
+                synchronous_step(net, drive, state, None, {}), synchronous_step(net, drive, state)
+            )
+            == 0
+        )
