@@ -109,7 +109,7 @@ def build_estimator(cfg: ExperimentConfig) -> EPEstimator:
             init=d.init,
             compile=d.compile,
             precision=d.precision,
-        ),  # fmt: skip
+        ),
         batch_phases=d.batch_phases,
         seed=cfg.seed,
     )
