@@ -881,9 +881,42 @@ def load_config(source: str | Path, overrides: Sequence[str] = ()) -> Experiment
         ConfigError: for an unreadable or invalid file, an unknown preset, a malformed or
             unknown override, or an invalid resulting config.
     """
+    return config_from_dict(_apply_overrides(_resolve_raw(source, ()), overrides))
+
+
+def _source_path(source: str | Path) -> Path:
     path = Path(source)
     if not path.is_file():
         if isinstance(source, Path) or len(path.parts) > 1 or path.suffix in (".yaml", ".yml"):
             raise ConfigError("no such config file", str(path))
         path = preset_path(str(source))
-    return config_from_dict(_apply_overrides(_read_yaml(path), overrides))
+    return path
+
+
+def _merge(base: dict[Any, Any], child: Mapping[Any, Any]) -> dict[Any, Any]:
+    """Deep-merge ``child`` into ``base``: mappings merge key by key, anything else replaces."""
+    out = dict(base)
+    for key, value in child.items():
+        if isinstance(value, Mapping) and isinstance(out.get(key), Mapping):
+            out[key] = _merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def _resolve_raw(source: str | Path, seen: tuple[str, ...]) -> dict[Any, Any]:
+    """Read a config, following ``extends: <preset or path>`` (relative to the file) chains."""
+    path = _source_path(source)
+    raw = _read_yaml(path)
+    parent = raw.pop("extends", None)
+    if parent is None:
+        return raw
+    if not isinstance(parent, str):
+        raise ConfigError(
+            f"{_fmt(parent)} is not valid; expected a preset name or a path", "extends"
+        )
+    if str(path.resolve()) in seen:
+        raise ConfigError(f"{_fmt(parent)} makes a cycle of 'extends'", "extends")
+    relative = path.parent / parent
+    base = _resolve_raw(relative if relative.is_file() else parent, (*seen, str(path.resolve())))
+    return _merge(base, raw)

@@ -343,3 +343,44 @@ def test_bad_input_raises_one_line_config_error(
 def test_unknown_preset_from_preset_path_lists_presets() -> None:
     with pytest.raises(ConfigError, match=r"available: .*digits-quickstart"):
         preset_path("nope")
+
+
+def test_extends_merges_sections_and_replaces_lists(tmp_path: Path) -> None:
+    child = tmp_path / "child.yaml"
+    child.write_text(
+        "name: child\nextends: cifar10-ce-symmetric\n"
+        "dynamics: {schedule: even_odd, free_steps: 10}\noptim: {lr: [1, 2, 3, 4, 5]}\n"
+    )
+    cfg = load_config(child)
+    base = load_config("cifar10-ce-symmetric")
+    assert cfg.name == "child"
+    assert (cfg.dynamics.schedule, cfg.dynamics.free_steps) == ("even_odd", 10)
+    assert cfg.dynamics.nudged_steps == base.dynamics.nudged_steps  # merged, not replaced
+    assert cfg.optim.lr == (1.0, 2.0, 3.0, 4.0, 5.0) and cfg.optim.momentum == 0.9
+    grandchild = tmp_path / "grandchild.yaml"
+    grandchild.write_text("name: g\nextends: child.yaml\ntrain: {epochs: 2}\n")
+    assert load_config(grandchild, ["train.batch_size=7"]).dynamics.free_steps == 10
+
+
+def test_extends_cycle_and_bad_parent_are_config_errors(tmp_path: Path) -> None:
+    a, b = tmp_path / "a.yaml", tmp_path / "b.yaml"
+    a.write_text("extends: b.yaml\n")
+    b.write_text("extends: a.yaml\n")
+    with pytest.raises(ConfigError, match="cycle"):
+        load_config(a)
+    a.write_text("extends: 3\n")
+    with pytest.raises(ConfigError, match=r"extends: 3 is not valid"):
+        load_config(a)
+
+
+@pytest.mark.parametrize("name", [n for n in PRESETS if n.endswith("-fast")])
+def test_fast_presets_change_only_the_relaxation(name: str) -> None:
+    fast, exact = (
+        config_to_dict(load_config(name)),
+        config_to_dict(load_config(name[: -len("-fast")])),
+    )
+    for section in ("data", "model", "estimator", "optim", "train", "seed"):
+        assert fast[section] == exact[section], section
+    assert fast["dynamics"]["schedule"] == "even_odd"
+    steps = lambda d: d["free_steps"] + 2 * d["nudged_steps"]  # noqa: E731
+    assert steps(fast["dynamics"]) <= steps(exact["dynamics"]) / 2
