@@ -353,6 +353,8 @@ class DataConfig(_Section):
         normalize: ``standard`` (per-channel mean/std), ``paper`` (CIFAR: three times the usual
             std, spec §6) or ``none``.
         download: fetch the dataset if it is not under ``root``.
+        train_size: keep only the first ``train_size`` examples (in dataset order) of the
+            training split, for quick experiments; None keeps all.
     """
 
     dataset: DatasetName = "digits"
@@ -361,6 +363,7 @@ class DataConfig(_Section):
     augment: bool = False
     normalize: Normalization = "standard"
     download: bool = False
+    train_size: int | None = field(default=None, metadata=_INT_GE1)
 
     def _validate(self) -> None:
         if self.dataset == "npz" and not self.root:

@@ -31,9 +31,11 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from eqprop.core.asymmetric import AsymmetricNetwork
 from eqprop.core.interactions import ConvLayer
 from eqprop.core.network import EnergyNetwork
 from eqprop.dynamics.relax import Solver
+from eqprop.estimators.bptt import BPTT
 from eqprop.estimators.ep import EPEstimator, make_estimator
 from eqprop.train.checkpoint import (
     CheckpointError,
@@ -53,6 +55,7 @@ __all__ = [
     "build_network",
     "build_optimizer",
     "build_scheduler",
+    "build_solver",
     "resolve_device",
 ]
 
@@ -81,38 +84,45 @@ def build_network(cfg: ExperimentConfig, input_shape: tuple[int, ...], num_class
     shape = tuple(input_shape) if conv else (math.prod(input_shape),)
     # Initialisation draws from a local generator state so that it never depends on what ran
     # before in the process.
+    kwargs: dict[str, Any] = {
+        "conv": conv,
+        "dense": list(m.dense),
+        "num_classes": num_classes,
+        "output": m.output,
+        "activation": m.activation,
+        "init_scale": m.init_scale,
+    }
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(cfg.seed)
-        return EnergyNetwork(
-            shape,
-            conv=conv,
-            dense=list(m.dense),
-            num_classes=num_classes,
-            output=m.output,
-            activation=m.activation,
-            init_scale=m.init_scale,
-        )
+        if m.kind == "asymmetric":
+            return AsymmetricNetwork(
+                shape, update_rule=m.update_rule, feedback_init=m.feedback_init, **kwargs
+            )
+        return EnergyNetwork(shape, **kwargs)
 
 
-def build_estimator(cfg: ExperimentConfig) -> EPEstimator:
+def build_solver(cfg: ExperimentConfig) -> Solver:
+    """The relaxation solver of ``cfg.dynamics``."""
+    d = cfg.dynamics
+    return Solver(
+        schedule=d.schedule, tol=d.tol, check_every=d.check_every, init=d.init,
+        compile=d.compile, precision=d.precision,
+    )  # fmt: skip
+
+
+def build_estimator(cfg: ExperimentConfig) -> EPEstimator | BPTT:
     """The gradient estimator of ``cfg.estimator`` with the solver of ``cfg.dynamics``."""
     d = cfg.dynamics
+    if cfg.estimator.kind == "bptt":
+        return BPTT(
+            free_steps=d.free_steps, nudged_steps=d.nudged_steps, full=cfg.estimator.full_bptt,
+            solver=build_solver(cfg),
+        )  # fmt: skip
     return make_estimator(
-        cfg.estimator.kind,
-        beta=cfg.estimator.beta,
-        free_steps=d.free_steps,
-        nudged_steps=d.nudged_steps,
-        solver=Solver(
-            schedule=d.schedule,
-            tol=d.tol,
-            check_every=d.check_every,
-            init=d.init,
-            compile=d.compile,
-            precision=d.precision,
-        ),
-        batch_phases=d.batch_phases,
+        cfg.estimator.kind, beta=cfg.estimator.beta, free_steps=d.free_steps,
+        nudged_steps=d.nudged_steps, solver=build_solver(cfg), batch_phases=d.batch_phases,
         seed=cfg.seed,
-    )
+    )  # fmt: skip
 
 
 def build_optimizer(cfg: ExperimentConfig, net: EnergyNetwork) -> torch.optim.Optimizer:
@@ -218,6 +228,8 @@ def make_splits(cfg: ExperimentConfig, data: Dataset, device: torch.device, dtyp
     n = data.y_train.shape[0]
     val_size = cfg.data.resolved_val_size(n)
     train_idx, val_idx = split_validation(n, val_size, cfg.seed)
+    if cfg.data.train_size is not None:
+        train_idx = train_idx[: cfg.data.train_size]
     norm = normalizer_for(data, cfg.data.normalize)
     eval_bs = cfg.train.resolved_eval_batch_size
 
@@ -385,6 +397,9 @@ class Trainer:
         record["free_steps_max"] = max(s.free_steps, default=0)
         record["nudged_steps_mean"] = sum(s.nudged_steps) / max(len(s.nudged_steps), 1)
         record["nudged_steps_max"] = max(s.nudged_steps, default=0)
+        if isinstance(self.net, AsymmetricNetwork):
+            for layer, angle in self.net.weight_angles().items():
+                record[f"angle_{layer}"] = angle  # degrees between feedback B and forward W
         record["seconds"] = seconds
         if not all(p.isfinite().all() for p in self.net.parameters()):
             raise TrainingError(

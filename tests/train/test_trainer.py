@@ -105,3 +105,37 @@ def test_non_finite_values_stop_the_run_and_keep_the_last_good_checkpoint(tmp_pa
     ckpt = load_checkpoint(tmp_path / "checkpoints" / "last.pt")
     assert ckpt["epoch"] == 1
     assert all(torch.isfinite(t).all() for t in ckpt["model"].values())
+
+
+@pytest.mark.parametrize(
+    "extra",
+    [
+        {"model.kind": "asymmetric", "model.dense": "[32, 16]"},
+        {
+            "model.kind": "asymmetric",
+            "model.dense": "[32, 16]",
+            "model.update_rule": "same",
+            "estimator.kind": "one_sided",
+        },
+        {"estimator.kind": "bptt"},
+        {
+            "model.kind": "asymmetric",
+            "model.dense": "[32, 16]",
+            "estimator.kind": "bptt",
+            "estimator.full_bptt": "true",
+        },
+        {"dynamics.schedule": "even_odd", "dynamics.tol": "1e-4", "dynamics.init": "feedforward"},
+    ],
+    ids=["vf", "vf-same", "bptt", "vf-full-bptt", "fast-solver"],
+)
+def test_every_algorithm_trains_through_the_same_loop(tmp_path, extra):
+    base = ["train.epochs=2", "model.dense=[32]", "dynamics.free_steps=10",
+            "dynamics.nudged_steps=4", "log.tensorboard=false", "log.plots=false"]  # fmt: skip
+    cfg = load_config("digits-quickstart", base + [f"{k}={v}" for k, v in extra.items()])
+    summary = Trainer(cfg, tmp_path, quiet=True).fit()
+    assert summary["test_accuracy"] > 0.3  # 10 classes: well above chance after two epochs
+    record = records(tmp_path)[-1]
+    if extra.get("model.kind") == "asymmetric":
+        assert 0.0 < record["angle_layer1"] < 90.0 + 15.0
+    if "dynamics.tol" in extra:
+        assert record["free_steps_mean"] <= cfg.dynamics.free_steps

@@ -1,0 +1,27 @@
+"""Checks and diagnostics built on the engine (imports core, dynamics, estimators, reference)."""
+
+from eqprop.analysis.gdu import (
+    DEFAULT_SWEEP_BETAS,
+    VARIANTS,
+    BetaComparison,
+    BetaSweep,
+    Curves,
+    GDUReport,
+    TensorComparison,
+    check_gdu,
+    format_table,
+    write_report,
+)
+
+__all__ = [
+    "DEFAULT_SWEEP_BETAS",
+    "VARIANTS",
+    "BetaComparison",
+    "BetaSweep",
+    "Curves",
+    "GDUReport",
+    "TensorComparison",
+    "check_gdu",
+    "format_table",
+    "write_report",
+]
