@@ -20,6 +20,7 @@ Train neural networks with Equilibrium Propagation (Laborieux et al., 2021).
   eqprop train my.yaml --set optim.lr=0.01 --set estimator.kind=one_sided
   eqprop resume runs/NAME              continue an interrupted run exactly
   eqprop eval runs/NAME --split test   accuracy of a saved run
+  eqprop check cifar10-mse-symmetric --random-data   EP versus BPTT, step by step
   eqprop presets [show NAME]           the shipped recipes
 """
 
@@ -72,6 +73,41 @@ def _parser() -> argparse.ArgumentParser:
         help="best (highest validation accuracy; the default) or last",
     )  # fmt: skip
     e.add_argument("--device", help="device to evaluate on (default: the run's)")
+
+    c = sub.add_parser(
+        "check", help="compare EP's per-step updates with BPTT (GDU check)",
+        description="Compare EP's per-step updates with BPTT's per-step gradients (spec §5) on "
+        "a batch, for one-sided +beta, -beta and symmetric EP; with a beta sweep. Writes "
+        "gdu.json and PNG figures, prints a table.",
+    )  # fmt: skip
+    c.add_argument(
+        "source", nargs="?", default="digits-quickstart",
+        help="a run directory (its checkpoint's weights) or a preset/YAML (a fresh network)",
+    )  # fmt: skip
+    c.add_argument("--checkpoint", choices=["best", "last"], default="last", help="default last")
+    c.add_argument(
+        "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+        help="override a config field of a preset/YAML source (repeatable)",
+    )  # fmt: skip
+    c.add_argument("--batch", type=int, default=8, help="examples in the batch (default 8)")
+    c.add_argument("--free-steps", type=int, help="T1 (default: the config's free_steps)")
+    c.add_argument("--nudged-steps", type=int, help="T2 (default: the config's nudged_steps)")
+    c.add_argument(
+        "--beta", type=float, action="append",
+        help="|beta| compared step by step (repeatable; default 0.01 and 0.1)",
+    )  # fmt: skip
+    c.add_argument(
+        "--sweep", type=float, nargs=3, metavar=("MIN", "MAX", "N"), default=(1e-3, 1e-1, 10),
+        help="beta sweep: N log-spaced values from MIN to MAX (default 1e-3 1e-1 10)",
+    )  # fmt: skip
+    c.add_argument("--no-sweep", action="store_true", help="skip the beta sweep")
+    c.add_argument("--float64", action="store_true", help="run the check in float64")
+    c.add_argument(
+        "--random-data", action="store_true",
+        help="use uniform random inputs and labels instead of the dataset",
+    )  # fmt: skip
+    c.add_argument("--data-dir", metavar="DIR", help="dataset directory")
+    c.add_argument("--out", metavar="DIR", help="output folder (default runs/check-NAME-TIME)")
 
     s = sub.add_parser("presets", help="list the presets or show one", description="Presets.")
     s.add_argument("action", nargs="?", choices=["list", "show"], default="list")
@@ -151,6 +187,75 @@ def _eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def _check(args: argparse.Namespace) -> int:
+    import numpy as np
+    import torch
+
+    from eqprop.analysis import check_gdu, format_table, write_report
+    from eqprop.train.config import load_config
+    from eqprop.train.trainer import Trainer, build_solver, load_run
+
+    source = Path(args.source)
+    overrides = [*args.overrides, "log.tensorboard=false", "log.plots=false"]
+    if args.data_dir:
+        overrides.append(f"data.root={args.data_dir}")
+    if (source / "checkpoints").is_dir():
+        trainer = load_run(source, args.checkpoint)
+    else:
+        if args.random_data:
+            overrides.append("data.val_size=0")
+        cfg = load_config(args.source, overrides)
+        data = _random_dataset(cfg, args.batch) if args.random_data else None
+        trainer = Trainer(cfg, Path("."), quiet=True, data=data)
+    cfg, net = trainer.cfg, trainer.net
+    if args.float64:
+        net = net.double()
+    if args.batch < 1:
+        raise _UsageError(f"--batch: {args.batch} is not valid; expected an int >= 1")
+    x, y = next(iter(trainer.splits.train.epoch(0)))
+    while x.shape[0] < args.batch and x.shape[0] < trainer.splits.train.num_samples:
+        more_x, more_y = next(iter(trainer.splits.train.epoch(1)))
+        x, y = torch.cat([x, more_x]), torch.cat([y, more_y])
+    x, y = x[: args.batch], y[: args.batch]
+    sweep = (
+        ()
+        if args.no_sweep
+        else tuple(np.geomspace(args.sweep[0], args.sweep[1], int(args.sweep[2])))
+    )
+    report = check_gdu(
+        net, x.to(next(net.parameters()).dtype), y,
+        free_steps=args.free_steps or cfg.dynamics.free_steps,
+        nudged_steps=args.nudged_steps or cfg.dynamics.nudged_steps,
+        betas=tuple(args.beta or (0.01, 0.1)), sweep_betas=sweep, solver=build_solver(cfg),
+    )  # fmt: skip
+    out = Path(args.out or f"runs/check-{cfg.name}-{time.strftime('%Y%m%d-%H%M%S')}")
+    write_report(report, out)
+    print(format_table(report))
+    print(f"report and figures in {out}")
+    return 0
+
+
+def _random_dataset(cfg, batch: int):
+    """A dataset of uniform random images of the configured dataset's size (no files needed)."""
+    import torch
+
+    from eqprop.train.data import Dataset
+
+    shapes = {"digits": (1, 8, 8), "mnist": (1, 28, 28), "fashion_mnist": (1, 28, 28)}
+    shape = shapes.get(cfg.data.dataset, (3, 32, 32))
+    classes = 100 if cfg.data.dataset == "cifar100" else 10
+    g = torch.Generator().manual_seed(cfg.seed)
+    n = max(batch, 2)
+
+    def images() -> torch.Tensor:
+        return torch.randint(0, 256, (n, *shape), generator=g, dtype=torch.uint8)
+
+    def labels() -> torch.Tensor:
+        return torch.randint(0, classes, (n,), generator=g)
+
+    return Dataset(images(), labels(), images(), labels(), classes, "npz", shape)
+
+
 def _presets(args: argparse.Namespace) -> int:
     from eqprop.train.config import list_presets, preset_path
 
@@ -182,7 +287,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     from eqprop.train.data import DataError
     from eqprop.train.trainer import TrainingError
 
-    handlers = {"train": _train, "resume": _resume, "eval": _eval, "presets": _presets}
+    handlers = {
+        "train": _train, "resume": _resume, "eval": _eval, "check": _check, "presets": _presets
+    }  # fmt: skip
     try:
         return handlers[args.command](args)
     except (ConfigError, DataError, CheckpointError, _UsageError, ValueError) as err:

@@ -90,3 +90,31 @@ def test_ctrl_c_saves_and_resume_finishes(tmp_path):
     ]
     assert epochs == [1, 2, 3, 4]
     assert json.loads((out / "summary.json").read_text())["epochs"] == 4
+
+
+def test_check_writes_report_and_figures(tmp_path, capsys):
+    out = tmp_path / "check"
+    argv = ["check", "digits-quickstart", "--set", "model.dense=[16]", "--batch", "3",
+            "--free-steps", "40", "--nudged-steps", "4", "--sweep", "0.001", "0.1", "3",
+            "--float64", "--out", str(out)]  # fmt: skip
+    assert main(argv) == 0
+    table = capsys.readouterr().out
+    assert "interactions.0.linear.weight" in table and "slope" in table.lower()
+    report = json.loads((out / "gdu.json").read_text())
+    assert report["batch"] == 3 and report["nudged_steps"] == 4
+    for name in ("gdu_curves.png", "gdu_layers.png", "gdu_beta_sweep.png"):
+        assert (out / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_check_on_a_run_directory_with_random_data_flag(tmp_path, capsys):
+    run = tmp_path / "run"
+    assert (
+        main(["train", "--out", str(run), "--epochs", "1", "--set", "model.dense=[16]", *FAST]) == 0
+    )
+    capsys.readouterr()
+    out = tmp_path / "check"
+    assert main(["check", str(run), "--batch", "2", "--no-sweep", "--out", str(out)]) == 0
+    assert (out / "gdu.json").exists()
+    argv = ["check", "mnist-mlp", "--random-data", "--batch", "2", "--free-steps", "5",
+            "--nudged-steps", "2", "--no-sweep", "--out", str(tmp_path / "c2")]  # fmt: skip
+    assert main(argv) == 0

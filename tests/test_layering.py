@@ -8,15 +8,16 @@ from pathlib import Path
 import pytest
 
 PACKAGE = Path(__file__).resolve().parents[1] / "eqprop"
-ORDER = ["core", "dynamics", "reference", "estimators", "train", "cli"]
+ORDER = ["core", "dynamics", "reference", "estimators", "analysis", "train", "cli"]
 # What each layer may import from eqprop (besides itself).
 ALLOWED = {
     "core": set(),
     "dynamics": {"core"},
     "reference": {"core"},
     "estimators": {"core", "dynamics"},
-    "train": {"core", "dynamics", "estimators", "reference"},
-    "cli": {"core", "dynamics", "estimators", "reference", "train"},
+    "analysis": {"core", "dynamics", "estimators", "reference"},
+    "train": {"core", "dynamics", "estimators", "reference", "analysis"},
+    "cli": {"core", "dynamics", "estimators", "reference", "analysis", "train"},
 }
 
 

@@ -237,7 +237,8 @@ class EnergyNetwork(nn.Module):
         """Scalar whose θ-gradient is the EP update: [Σ_k c_k Φ(s_k) + c_free Φ(s*)] / B.
 
         Φ is bilinear, so its θ-gradient at fixed states is the local Hebbian contrast
-        post ⊗ pre. All compared states go through one Φ evaluation, stacked along the batch.
+        post ⊗ pre. The compared states go through one evaluation, stacked along the batch,
+        except the input term, linear in s_1, evaluated once on the combined s_1.
         With a readout, the mean CE over the nudged states is added: its gradient is the
         readout's update (spec §3). States are treated as constants.
         """
@@ -247,10 +248,15 @@ class EnergyNetwork(nn.Module):
             states.append(list(free_state))
             weights.append(c_free)
         b = x.shape[0]
-        stacked = cat_states(states)
-        xs = x.repeat(len(states), *([1] * (x.dim() - 1)))
-        w = torch.tensor(weights, dtype=x.dtype, device=x.device).repeat_interleave(b) / b
-        surrogate = (w * self.phi(xs, stacked)).sum()
+        # φ_1 = ⟨s_1, P(conv(x))⟩ is linear in s_1 and x is shared: combine the states first.
+        first = sum(c * s[0].detach() for c, s in zip(weights, states, strict=True)) / b
+        surrogate = self.interactions[0].phi(x, first).sum()
+        if len(self.interactions) > 1:
+            stacked = cat_states(states)
+            w = torch.tensor(weights, dtype=x.dtype, device=x.device).repeat_interleave(b) / b
+            for n in range(1, len(self.interactions)):
+                phi_n = self.interactions[n].phi(stacked[n - 1], stacked[n])
+                surrogate = surrogate + (w * phi_n).sum()
         if self.readout is not None:
             surrogate = surrogate + self.loss(cat_states(nudged), y.repeat(len(nudged))).mean()
         return surrogate

@@ -1,5 +1,6 @@
 """Gradient estimators behind one interface (imports core and dynamics)."""
 
+from eqprop.estimators.bptt import BPTT, bptt_step_contributions, iter_step_contributions
 from eqprop.estimators.ep import (
     ESTIMATORS,
     EPEstimator,
@@ -12,12 +13,15 @@ from eqprop.estimators.ep import (
 )
 
 __all__ = [
+    "BPTT",
     "ESTIMATORS",
     "EPEstimator",
     "Estimate",
     "OneSidedEP",
     "RandomSignEP",
     "SymmetricEP",
+    "bptt_step_contributions",
+    "iter_step_contributions",
     "make_estimator",
     "predict",
 ]

@@ -172,10 +172,27 @@ def _tapped(net: EnergyNetwork, records: list[tuple[Tensor, Tensor]]) -> EnergyN
 
 def _grads(scalar: Tensor, params: Sequence[Tensor], retain_graph: bool = False) -> list[Tensor]:
     """∂scalar/∂θ for each parameter, zeros where the scalar does not reach it."""
-    if not scalar.requires_grad:
-        return [torch.zeros_like(p) for p in params]
-    grads = torch.autograd.grad(scalar, params, allow_unused=True, retain_graph=retain_graph)
-    return [g if g is not None else torch.zeros_like(p) for p, g in zip(params, grads, strict=True)]
+    out = [torch.zeros_like(p) for p in params]
+    live = [i for i, p in enumerate(params) if p.requires_grad]  # frozen parameters get zeros
+    if scalar.requires_grad and live:
+        grads = torch.autograd.grad(
+            scalar, [params[i] for i in live], allow_unused=True, retain_graph=retain_graph
+        )
+        for i, g in zip(live, grads, strict=True):
+            if g is not None:
+                out[i] = g
+    return out
+
+
+def _adjoints(loss: Tensor, targets: list[Tensor]) -> list[Tensor | None]:
+    """∂loss/∂target for each target; None for those the loss does not reach."""
+    live = [i for i, t in enumerate(targets) if t.requires_grad]
+    out: list[Tensor | None] = [None] * len(targets)
+    if loss.requires_grad and live:
+        grads = torch.autograd.grad(loss, [targets[i] for i in live], allow_unused=True)
+        for i, g in zip(live, grads, strict=True):
+            out[i] = g
+    return out
 
 
 def iter_step_contributions(
@@ -206,7 +223,10 @@ def iter_step_contributions(
     tapped = _tapped(net, records)
 
     # One unroll from s* with a graph through the states; the tap exposes each pre-activation.
-    states: list[State] = [[s.detach() for s in free_state]]
+    # Leaves that require grad at the start (states and input drive) put every later state in
+    # the graph, even one that reaches no parameter (the only layer of a one-layer net).
+    drive = drive.detach().requires_grad_()
+    states: list[State] = [[s.detach().requires_grad_() for s in free_state]]
     pre: list[list[Tensor | None]] = []
     with torch.enable_grad(), precision_context(solver.precision, x.device):
         cache: dict = {}
@@ -221,7 +241,7 @@ def iter_step_contributions(
     with torch.enable_grad():
         loss = net.loss(states[-1], y).mean()
         targets = [s for st in states[1:] for s in st] + kept
-        grads = iter(torch.autograd.grad(loss, targets, allow_unused=True))
+        grads = iter(_adjoints(loss, targets))
     # ∂L/∂s_k (total, through all later steps) and ∂L/∂a_k for every step k = 1..T.
     adjoints = [[next(grads) for _ in range(n_layers)] for _ in range(steps)]
     drive_adjoints = [[next(grads) if d is not None else None for d in ds] for ds in pre]

@@ -36,9 +36,9 @@ from __future__ import annotations
 import os
 import random
 import uuid
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import numpy as np
 import torch
@@ -47,6 +47,7 @@ __all__ = [
     "CHECKPOINT_VERSION",
     "REQUIRED_KEYS",
     "CheckpointError",
+    "atomic_write",
     "load_checkpoint",
     "rng_state",
     "save_checkpoint",
@@ -76,12 +77,21 @@ def save_checkpoint(path: str | os.PathLike[str], payload: dict[str, Any]) -> No
     path.parent.mkdir(parents=True, exist_ok=True)
     data = {"version": CHECKPOINT_VERSION}
     data.update((k, v) for k, v in payload.items() if k != "version")
+    atomic_write(path, lambda f: torch.save(data, f))
+
+
+def atomic_write(path: Path, write: Callable[[IO[bytes]], object]) -> None:
+    """Write ``path`` through ``write(file)`` into a temp file, fsync, then ``os.replace``.
+
+    Readers (and a process killed at any moment) see the old file or the new one, never a
+    partial one.
+    """
     # Same directory as the target so os.replace is a rename within one filesystem (atomic);
     # the unique suffix keeps concurrent writers (and leftovers of killed ones) from colliding.
     tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
     try:
         with open(tmp, "xb") as f:
-            torch.save(data, f)
+            write(f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)

@@ -619,11 +619,16 @@ class LogConfig(_Section):
         progress: show progress bars.
         tensorboard: write TensorBoard scalars.
         plots: save training-curve plots.
+        check_every: every this many epochs, run a small EP-versus-BPTT check (spec §5) on
+            ``check_batch`` validation examples and log its summary numbers; 0 turns it off.
+        check_batch: examples in that check.
     """
 
     progress: bool = True
     tensorboard: bool = True
     plots: bool = True
+    check_every: int = field(default=0, metadata=_INT_GE0)
+    check_batch: int = field(default=8, metadata=_INT_GE1)
 
 
 @dataclass(frozen=True)

@@ -20,15 +20,16 @@ import json
 import os
 import platform
 import subprocess
-import uuid
 import warnings
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from types import TracebackType
 from typing import IO, Any
 
 import numpy as np
 import torch
+
+from eqprop.train.checkpoint import atomic_write
 
 __all__ = ["RunLogger", "environment_facts"]
 
@@ -273,14 +274,14 @@ class RunLogger:
         path = self.run_dir / name
         path.parent.mkdir(parents=True, exist_ok=True)
         text = json.dumps(obj, indent=2, default=_json_default) + "\n"
-        _atomic_write(path, lambda f: f.write(text.encode("utf-8")))
+        atomic_write(path, lambda f: f.write(text.encode("utf-8")))
         return path
 
     # ------------------------------------------------------------------ outputs
 
     def _rewrite_jsonl(self) -> None:
         text = "".join(json.dumps(r, default=_json_default) + "\n" for r in self._history)
-        _atomic_write(self.run_dir / METRICS_JSONL, lambda f: f.write(text.encode("utf-8")))
+        atomic_write(self.run_dir / METRICS_JSONL, lambda f: f.write(text.encode("utf-8")))
 
     def _csv_writer(self, f: IO[str]) -> csv.DictWriter[str]:
         return csv.DictWriter(f, fieldnames=self._fields, restval="")
@@ -295,7 +296,7 @@ class RunLogger:
         writer.writeheader()
         writer.writerows(_csv_row(r) for r in self._history)
         data = buf.getvalue().encode("utf-8")
-        _atomic_write(path, lambda f: f.write(data))
+        atomic_write(path, lambda f: f.write(data))
 
     def _reset_tensorboard(self, purge_from: int) -> None:
         # A SummaryWriter can only purge when it opens, so close the current one and let the
@@ -350,7 +351,7 @@ class RunLogger:
             if keys:
                 ax.legend(fontsize="small")
         axes[-1].set_xlabel("epoch")
-        _atomic_write(self.run_dir / CURVES_PNG, lambda f: fig.savefig(f, format="png", dpi=100))
+        atomic_write(self.run_dir / CURVES_PNG, lambda f: fig.savefig(f, format="png", dpi=100))
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -380,20 +381,6 @@ def _import_summary_writer() -> Any:
         warnings.simplefilter("ignore", DeprecationWarning)
         from torch.utils.tensorboard import SummaryWriter
     return SummaryWriter
-
-
-def _atomic_write(path: Path, write: Callable[[IO[bytes]], object]) -> None:
-    """Write via a temp file + ``os.replace`` so readers never see a partial file."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
-    try:
-        with open(tmp, "xb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
 
 
 def _fields_of(records: list[dict[str, Any]]) -> list[str]:

@@ -139,3 +139,15 @@ def test_every_algorithm_trains_through_the_same_loop(tmp_path, extra):
         assert 0.0 < record["angle_layer1"] < 90.0 + 15.0
     if "dynamics.tol" in extra:
         assert record["free_steps_mean"] <= cfg.dynamics.free_steps
+
+
+def test_gdu_check_during_training_is_logged(tmp_path):
+    cfg = load_config(
+        "digits-quickstart",
+        ["train.epochs=2", "model.dense=[16]", "dynamics.free_steps=30", "dynamics.nudged_steps=5",
+         "log.check_every=2", "log.check_batch=4", "log.tensorboard=false", "log.plots=false"],
+    )  # fmt: skip
+    Trainer(cfg, tmp_path, quiet=True).fit()
+    first, second = records(tmp_path)
+    assert "gdu_sym_rmse" not in first
+    assert second["gdu_sym_rmse"] is not None and second["gdu_layer_ratio_mean"] is not None
