@@ -281,9 +281,11 @@ class EnergyNetwork(nn.Module):
     def nudge_drive(self, state: Sequence[Tensor], y: Tensor, beta: Tensor | float) -> Tensor:
         """−β ∂L/∂s of the target layer (closed form), shape of that state.
 
-        ``beta`` is a float or a per-example tensor of shape (B, 1).
+        ``beta`` is a float or a per-example tensor of shape (B, 1); ``y`` holds class indices
+        (B,) or, to spare the relaxation loop an allocation per step, the one-hot targets (B, K)
+        as floats.
         """
-        onehot = F.one_hot(y, self.num_classes).to(state[0].dtype)
+        onehot = y if y.is_floating_point() else F.one_hot(y, self.num_classes).to(state[0].dtype)
         if self.readout is None:
             return (onehot - state[-1]).mul_(beta)
         last = state[self.target_layer]

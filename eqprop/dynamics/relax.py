@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 from eqprop.core.network import EnergyNetwork
@@ -273,7 +274,10 @@ class Solver:
         nudging = isinstance(beta, Tensor) or beta != 0.0
         if nudging and y is None:
             raise ValueError("relax: labels y are required when beta is non-zero")
-        nudge: Nudge = (lambda s: net.nudge_drive(s, y, beta)) if nudging else None  # type: ignore[arg-type]
+        nudge: Nudge = None
+        if nudging:
+            target = F.one_hot(y, net.num_classes).to(input_drive.dtype)  # once per relaxation
+            nudge = lambda s: net.nudge_drive(s, target, beta)  # noqa: E731
         step = _compiled(self.schedule) if self.compile else SCHEDULES[self.schedule]
         cache: dict = {}
         current = list(state)
