@@ -28,7 +28,8 @@ from eqprop.train.trainer import build_network
 
 def test_batch(cfg_data: dict, data_dir: str | None, batch: int, like: torch.Tensor):
     name = cfg_data["dataset"]
-    ds = load_dataset(name, data_dir if data_dir else cfg_data.get("root"))
+    root = cfg_data.get("root") if name == "npz" or not data_dir else data_dir
+    ds = load_dataset(name, root)
     norm = normalizer_for(ds, cfg_data.get("normalize", "standard"))
     return norm(ds.x_test[:batch], like.dtype)
 
