@@ -23,7 +23,7 @@ ARCHITECTURES: dict[str, tuple[tuple[int, ...], dict]] = {
         },
     ),
     "strided": (
-        (1, 10, 10),  # the first conv drops the last input row: needs the general adjoint
+        (1, 10, 10),  # the first conv never reaches the last input row: needs output_padding
         {"conv": [ConvLayer(3, 3, 2, 0, "i"), ConvLayer(2, 3, 2, 1, "m")]},
     ),
 }
@@ -37,13 +37,15 @@ def make_net(
     seed: int = 0,
     num_classes: int = 4,
     init_scale: float | None = None,
+    cls: type[EnergyNetwork] = EnergyNetwork,
+    **extra: object,
 ) -> EnergyNetwork:
-    """A seeded small network from :data:`ARCHITECTURES`."""
+    """A seeded small network from :data:`ARCHITECTURES` (``cls`` and ``extra``: other kinds)."""
     shape, kwargs = ARCHITECTURES[arch]
     torch.manual_seed(seed)
-    net = EnergyNetwork(
+    net = cls(
         shape, num_classes=num_classes, output=output, activation=activation,
-        init_scale=init_scale, **kwargs,
+        init_scale=init_scale, **kwargs, **extra,
     )  # fmt: skip
     return net.to(dtype)
 
@@ -64,3 +66,8 @@ def random_state(net: EnergyNetwork, batch: int, seed: int = 2) -> list[torch.Te
     g = torch.Generator().manual_seed(seed)
     dtype = next(net.parameters()).dtype
     return [torch.rand((batch, *s), generator=g, dtype=dtype) for s in net.state_shapes]
+
+
+def max_diff(a, b) -> float:
+    """Largest absolute difference between two lists of states."""
+    return max(float((u - v).abs().max()) for u, v in zip(a, b, strict=True))

@@ -11,7 +11,7 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
-from nets import ARCHITECTURES, make_batch, make_net, random_state
+from nets import ARCHITECTURES, make_batch, make_net, max_diff, random_state
 
 from eqprop import AsymmetricNetwork, OneSidedEP, RandomSignEP, Solver, SymmetricEP, relax
 from eqprop.core import AsymmetricConvInteraction, AsymmetricDenseInteraction
@@ -22,28 +22,12 @@ TOL = {torch.float32: 1e-5, torch.float64: 1e-10}
 
 
 def make_asym(
-    arch: str,
-    output: str = "mse",
-    activation: str = "hard_sigmoid",
-    dtype: torch.dtype = torch.float64,
-    seed: int = 0,
-    num_classes: int = 4,
-    init_scale: float | None = None,
-    update_rule: str = "different",
-    feedback_init: str = "random",
+    arch: str, update_rule: str = "different", feedback_init: str = "random", **kwargs
 ) -> AsymmetricNetwork:
     """The asymmetric twin of ``nets.make_net``: same seed, same forward weights."""
-    shape, kwargs = ARCHITECTURES[arch]
-    torch.manual_seed(seed)
-    net = AsymmetricNetwork(
-        shape, num_classes=num_classes, output=output, activation=activation,
-        init_scale=init_scale, update_rule=update_rule, feedback_init=feedback_init, **kwargs,
-    )  # fmt: skip
-    return net.to(dtype)
-
-
-def max_diff(a: list[torch.Tensor], b: list[torch.Tensor]) -> float:
-    return max(float((u - v).abs().max()) for u, v in zip(a, b, strict=True))
+    return make_net(  # type: ignore[return-value]
+        arch, cls=AsymmetricNetwork, update_rule=update_rule, feedback_init=feedback_init, **kwargs
+    )
 
 
 def grads(net: torch.nn.Module) -> dict[str, torch.Tensor]:

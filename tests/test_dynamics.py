@@ -4,17 +4,13 @@ from __future__ import annotations
 
 import pytest
 import torch
-from nets import ARCHITECTURES, make_batch, make_net, random_state
+from nets import ARCHITECTURES, make_batch, make_net, max_diff, random_state
 
 from eqprop import Solver, relax
 from eqprop.dynamics import synchronous_step
 from eqprop.reference import reference_step
 
 TOL = {torch.float32: 1e-5, torch.float64: 1e-10}
-
-
-def max_diff(a: list[torch.Tensor], b: list[torch.Tensor]) -> float:
-    return max(float((u - v).abs().max()) for u, v in zip(a, b, strict=True))
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])

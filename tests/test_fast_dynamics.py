@@ -10,15 +10,11 @@ import itertools
 
 import pytest
 import torch
-from nets import ARCHITECTURES, make_batch, make_net
+from nets import ARCHITECTURES, make_batch, make_net, max_diff
 
 from eqprop import Solver, SymmetricEP, relax
 from eqprop.dynamics import even_odd_step, feedforward_state, synchronous_step
 from eqprop.reference import reference_phi, reference_step
-
-
-def max_diff(a, b) -> float:
-    return max(float((u - v).abs().max()) for u, v in zip(a, b, strict=True))
 
 
 def reference_even_odd(net, x, state, y=None, beta=0.0):
