@@ -9,7 +9,8 @@ Schedules are step functions registered by name in :data:`SCHEDULES`, all with t
 
 - ``synchronous`` (the paper's): every layer from the previous state, s_{t+1} = σ(∂Φ/∂s(s_t)).
 - ``even_odd`` (red-black block coordinate): layers 0, 2, 4, … from their neighbours, then
-  layers 1, 3, 5, … from the freshly updated ones. Same fixed points, usually fewer steps, and
+  layers 1, 3, 5, … from the freshly updated ones (nudged sweeps start with the target
+  layer's parity). Same fixed points, usually fewer steps, and
   the same cost per step: each interaction runs one conv and one transposed conv per sweep,
   because the max-pool argmax computed by a forward drive is cached and reused by the backward
   drive of the next half-sweep.
@@ -92,6 +93,11 @@ def even_odd_step(
 ) -> State:
     """One red-black sweep: update the even layers, then the odd layers from the new ones.
 
+    A nudged sweep starts with the layers of the target layer's parity instead. Nudged phases
+    start from the free state, where the other half-sweep would change nothing before the nudge
+    has moved the target layer: starting there makes every half-sweep count. The fixed points
+    are the same either way.
+
     Args:
         net, input_drive, state, nudge: as for :func:`synchronous_step`.
         cache: a dict kept across the steps of one relaxation; it holds, per interaction, the
@@ -112,7 +118,8 @@ def even_odd_step(
             ctx[k] = (new[k - 1], layers[k].forward_drive(new[k - 1])[1])
         return ctx[k][1]
 
-    for parity in (0, 1):
+    first = net.target_layer % 2 if nudge is not None else 0
+    for parity in (first, 1 - first):
         for n in range(parity, n_layers, 2):
             if n == 0:
                 drive = input_drive.clone()
