@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from nets import make_batch, make_net
+from nets import ARCHITECTURES, make_batch, make_net, random_state
 
 from eqprop import OneSidedEP, RandomSignEP, Solver, SymmetricEP, make_estimator, predict, relax
 from eqprop.reference import bptt_gradients, reference_loss, reference_phi
@@ -23,6 +23,25 @@ def flat(d: dict[str, torch.Tensor]) -> torch.Tensor:
 
 def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
     return float((a - b).norm() / b.norm())
+
+
+@pytest.mark.parametrize("arch", list(ARCHITECTURES))
+def test_hebbian_term_has_the_value_and_weight_gradient_of_phi(arch):
+    """Each interaction's Hebbian scalar (closed form for dense layers) equals Σ_b φ and has
+    the same θ-gradient as autograd of φ, at fixed states."""
+    net = make_net(arch)
+    x, _ = make_batch(net, batch=4)
+    state = random_state(net, batch=4)
+    pres = [x, *state[:-1]]
+    for layer, pre, post in zip(net.interactions, pres, state, strict=True):
+        params = list(layer.parameters())
+        value = layer.hebbian(pre, post)
+        expected = layer.phi(pre, post).sum()
+        got = torch.autograd.grad(value, params)
+        want = torch.autograd.grad(expected, params)
+        value, expected = value.detach(), expected.detach()
+        assert abs(float(value - expected)) <= 1e-12 * max(1.0, abs(float(expected)))
+        assert max(float((g - w).abs().max()) for g, w in zip(got, want, strict=True)) <= 1e-12
 
 
 @pytest.mark.parametrize("output", ["mse", "ce"])

@@ -84,6 +84,14 @@ class Interaction(nn.Module):
         """Differentiable per-example value of the term, shape (B,)."""
         raise NotImplementedError
 
+    def hebbian(self, pre: Tensor, post: Tensor) -> Tensor:
+        """Σ over the batch of φ(pre, post) as a scalar whose θ-gradient is the Hebbian product.
+
+        States are constants here (EP's weight update). Subclasses may build the value from
+        the gradient itself when that is cheaper than evaluating φ.
+        """
+        return self.phi(pre.detach(), post.detach()).sum()
+
     def scale_(self, factor: float) -> None:
         """Multiply weight and bias by ``factor`` (the paper's scaled initialisation)."""
         with torch.no_grad():
@@ -109,6 +117,15 @@ class DenseInteraction(Interaction):
 
     def phi(self, pre: Tensor, post: Tensor) -> Tensor:
         return (post * self.linear(pre.flatten(1))).sum(1)
+
+    def hebbian(self, pre: Tensor, post: Tensor) -> Tensor:
+        # Σ_b ⟨post_b, W pre_b + b⟩ = ⟨W, postᵀ pre⟩ + ⟨b, Σ_b post_b⟩: one matmul gives both the
+        # value and the gradient (postᵀ pre), where autograd of φ would add a forward matmul.
+        with torch.no_grad():
+            post = post.detach()
+            g_w = torch.mm(post.t(), pre.detach().flatten(1))
+            g_b = post.sum(0)
+        return (self.linear.weight * g_w).sum() + (self.linear.bias * g_b).sum()
 
 
 class ConvInteraction(Interaction):

@@ -237,8 +237,10 @@ class EnergyNetwork(nn.Module):
         """Scalar whose θ-gradient is the EP update: [Σ_k c_k Φ(s_k) + c_free Φ(s*)] / B.
 
         Φ is bilinear, so its θ-gradient at fixed states is the local Hebbian contrast
-        post ⊗ pre. The compared states go through one evaluation, stacked along the batch,
-        except the input term, linear in s_1, evaluated once on the combined s_1.
+        post ⊗ pre (:meth:`Interaction.hebbian`). The compared states go through one
+        evaluation, stacked along the batch (each example's weight c_k / B folded into its
+        postsynaptic state, Φ being linear in it), except the input term, evaluated once on the
+        combined s_1.
         With a readout, the mean CE over the nudged states is added: its gradient is the
         readout's update (spec §3). States are treated as constants.
         """
@@ -250,13 +252,13 @@ class EnergyNetwork(nn.Module):
         b = x.shape[0]
         # φ_1 = ⟨s_1, P(conv(x))⟩ is linear in s_1 and x is shared: combine the states first.
         first = sum(c * s[0].detach() for c, s in zip(weights, states, strict=True)) / b
-        surrogate = self.interactions[0].phi(x, first).sum()
+        surrogate = self.interactions[0].hebbian(x, first)
         if len(self.interactions) > 1:
             stacked = cat_states(states)
             w = torch.tensor(weights, dtype=x.dtype, device=x.device).repeat_interleave(b) / b
             for n in range(1, len(self.interactions)):
-                phi_n = self.interactions[n].phi(stacked[n - 1], stacked[n])
-                surrogate = surrogate + (w * phi_n).sum()
+                post = stacked[n] * w.view(-1, *([1] * (stacked[n].dim() - 1)))
+                surrogate = surrogate + self.interactions[n].hebbian(stacked[n - 1], post)
         if self.readout is not None:
             surrogate = surrogate + self.loss(cat_states(nudged), y.repeat(len(nudged))).mean()
         return surrogate
