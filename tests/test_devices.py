@@ -6,11 +6,28 @@ import pytest
 import torch
 from nets import make_batch, make_net
 
-from eqprop import EnergyNetwork, SymmetricEP
+from eqprop import ConvLayer, EnergyNetwork, SymmetricEP
 from eqprop.dynamics import synchronous_step
 from eqprop.reference import reference_step
 
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+
+
+def channels_last_strides(t: torch.Tensor) -> bool:
+    return t.stride() == torch.empty_like(t, memory_format=torch.channels_last).stride()
+
+
+@pytest.mark.parametrize("channels", [1, 3])
+def test_image_inputs_weights_and_states_are_channels_last_even_with_one_channel(channels):
+    """One-channel NCHW tensors also count as channels-last for PyTorch; convolutions of them
+    then return NCHW maps (slow pooling on CPU). Everything must carry true channels-last
+    strides instead."""
+    net = EnergyNetwork((channels, 8, 8), conv=[ConvLayer(4, 3, 1, 1, "m"), ConvLayer(1, 3, 1, 1)])
+    x = torch.rand(2, channels, 8, 8)
+    convs = net.interactions[:2]  # then the dense output layer
+    assert all(channels_last_strides(layer.conv.weight) for layer in convs)
+    assert channels_last_strides(net.input_drive(x))
+    assert all(channels_last_strides(s) for s in net.zero_state(2)[:2])
 
 
 def test_state_dict_round_trip_and_init_scale():

@@ -27,9 +27,32 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-__all__ = ["POOLS", "ConvInteraction", "ConvLayer", "DenseInteraction", "Interaction"]
+__all__ = [
+    "POOLS",
+    "ConvInteraction",
+    "ConvLayer",
+    "DenseInteraction",
+    "Interaction",
+    "fast_layout",
+]
 
 POOLS: dict[str, str] = {"m": "max pool 2x2", "a": "average pool 2x2", "i": "no pooling"}
+
+
+def fast_layout(t: Tensor) -> Tensor:
+    """``t`` in channels-last strides when it is 4-D (image maps and conv weights), else ``t``.
+
+    Convolutions and pooling run several times faster in that layout on CPU and GPU.
+    """
+    if t.dim() != 4:
+        return t
+    out = torch.empty_like(t, memory_format=torch.channels_last)
+    if out.stride() == t.stride():
+        return t
+    # Not t.contiguous(memory_format=...): with one channel that keeps the NCHW strides (they
+    # count as channels-last too), and convolutions of such a tensor then return NCHW maps,
+    # whose max pooling is about 9x slower on CPU.
+    return out.copy_(t)
 
 
 @dataclass(frozen=True)
@@ -139,7 +162,7 @@ class ConvInteraction(Interaction):
         self.conv = nn.Conv2d(c, spec.channels, spec.kernel, spec.stride, spec.padding)
         # Channels-last weights, like the states (see EnergyNetwork.zero_state): oneDNN and
         # cuDNN then skip a layout conversion of the weight at every conv call.
-        self.conv.weight.data = self.conv.weight.data.contiguous(memory_format=torch.channels_last)
+        self.conv.weight.data = fast_layout(self.conv.weight.data)
         ch = (h + 2 * spec.padding - spec.kernel) // spec.stride + 1
         cw = (w + 2 * spec.padding - spec.kernel) // spec.stride + 1
         if ch < 1 or cw < 1:

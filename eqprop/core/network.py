@@ -25,7 +25,13 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from eqprop.core.activations import Activation, get_activation
-from eqprop.core.interactions import ConvInteraction, ConvLayer, DenseInteraction, Interaction
+from eqprop.core.interactions import (
+    ConvInteraction,
+    ConvLayer,
+    DenseInteraction,
+    Interaction,
+)
+from eqprop.core.interactions import fast_layout as _fast_layout
 
 __all__ = ["OUTPUTS", "EnergyNetwork"]
 
@@ -40,10 +46,6 @@ State = list[Tensor]
 def cat_states(states: Sequence[Sequence[Tensor]]) -> State:
     """Concatenate several states layer by layer along the batch dimension."""
     return [torch.cat([s.detach() for s in layer], 0) for layer in zip(*states, strict=True)]
-
-
-def _fast_layout(t: Tensor) -> Tensor:
-    return t.contiguous(memory_format=torch.channels_last) if t.dim() == 4 else t
 
 
 class EnergyNetwork(nn.Module):
@@ -252,7 +254,7 @@ class EnergyNetwork(nn.Module):
         b = x.shape[0]
         # φ_1 = ⟨s_1, P(conv(x))⟩ is linear in s_1 and x is shared: combine the states first.
         first = sum(c * s[0].detach() for c, s in zip(weights, states, strict=True)) / b
-        surrogate = self.interactions[0].hebbian(x, first)
+        surrogate = self.interactions[0].hebbian(_fast_layout(x), first)
         if len(self.interactions) > 1:
             stacked = cat_states(states)
             w = torch.tensor(weights, dtype=x.dtype, device=x.device).repeat_interleave(b) / b

@@ -25,6 +25,7 @@ import torch
 from torch import Tensor
 
 from eqprop.core.activations import Activation
+from eqprop.core.interactions import fast_layout
 from eqprop.core.network import EnergyNetwork
 from eqprop.dynamics.relax import SCHEDULES, Solver, precision_context
 from eqprop.estimators.ep import Estimate
@@ -40,10 +41,8 @@ def graph_input_drive(net: EnergyNetwork, x: Tensor) -> Tensor:
     ``input_drive`` runs under ``no_grad`` (it is the relaxation's constant), but the first
     layer's weights act on every step through it, so BPTT needs it differentiable.
     """
-    if x.dim() == 4:  # the same channels-last layout as input_drive, for the same conv kernels
-        x = x.contiguous(memory_format=torch.channels_last)
-    drive = net.interactions[0].forward_drive(x)[0]
-    return drive.contiguous(memory_format=torch.channels_last) if drive.dim() == 4 else drive
+    # The same channels-last layout as input_drive, for the same conv kernels.
+    return fast_layout(net.interactions[0].forward_drive(fast_layout(x))[0])
 
 
 def _unroll(
