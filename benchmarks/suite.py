@@ -53,7 +53,8 @@ from eqprop.train.trainer import build_estimator, build_network, build_optimizer
 
 State = list[Tensor]
 SECTIONS = ("step", "residual", "tolerance", "ratio", "precision", "schedules", "epoch")
-SCHEDULE_NAMES = ("synchronous", "even_odd")
+SCHEDULE_NAMES = ("synchronous", "even_odd", "forward_backward")
+HATCHES = {"synchronous": None, "even_odd": "//", "forward_backward": ".."}
 TOLERANCES = (1e-3, 1e-4, 1e-5)
 IMAGE_SHAPES = {"cifar10": (3, 32, 32), "mnist": (1, 28, 28)}
 CIFAR10_TRAIN = 50_000
@@ -807,6 +808,22 @@ def section_precision(ctx: Context) -> dict[str, Any]:
     }
 
 
+def versus_sync(
+    net: EnergyNetwork, free: dict[str, State], grads: dict[str, list[Tensor]], sch: str
+) -> dict[str, Any]:
+    """How far schedule ``sch`` lands from the synchronous one: fixed point and EP gradient."""
+    with torch.no_grad():
+        agree = net.predict_from_state(free["synchronous"]) == net.predict_from_state(free[sch])
+    cmp = compare(grads[sch], grads["synchronous"])
+    return {
+        "fixed_point_max_abs_diff": max_abs_diff(free["synchronous"], free[sch]),
+        "prediction_agreement": float(agree.float().mean()),
+        "gradient_cosine": cmp["cosine"],
+        "gradient_rel_err_vs_sync": cmp["rel_err"],
+        "per_layer_cosine": cmp["per_layer_cosine"],
+    }
+
+
 def section_schedules(ctx: Context) -> dict[str, Any]:
     """Synchronous vs even/odd on the paper net: fixed points and symmetric EP gradients."""
     s = ctx.s
@@ -836,20 +853,12 @@ def section_schedules(ctx: Context) -> dict[str, Any]:
             net.zero_grad(set_to_none=True)
             est.accumulate_gradients(net, x, y, free[sch], nudged, betas)
             grads[sch] = flat_grad(net.weight_layers())
-        with torch.no_grad():
-            agree = net.predict_from_state(free["synchronous"]) == net.predict_from_state(
-                free["even_odd"]
-            )
-        cmp = compare(grads["even_odd"], grads["synchronous"])
-        out[case.key] = {
-            **case.info,
-            "fixed_point_max_abs_diff": max_abs_diff(free["synchronous"], free["even_odd"]),
-            "prediction_agreement": float(agree.float().mean()),
-            "gradient_cosine": cmp["cosine"],
-            "gradient_rel_err_vs_sync": cmp["rel_err"],
-            "per_layer_cosine": cmp["per_layer_cosine"],
-            "free_state_source": source,
-        }
+        # even/odd at the top level (as first published), other schedules under their name
+        entry = {**case.info, **versus_sync(net, free, grads, "even_odd")}
+        entry["free_state_source"] = source
+        for sch in SCHEDULE_NAMES[2:]:
+            entry[sch] = versus_sync(net, free, grads, sch)
+        out[case.key] = entry
     return {
         "free_steps": f,
         "nudged_steps": t2,
@@ -961,7 +970,7 @@ def plot_residual(ctx: Context, path: Path) -> None:
     """Log residual and log distance to the fixed point against steps."""
     plt = _pyplot()
     fig, axes = plt.subplots(1, 2, figsize=(13, 5), constrained_layout=True)
-    styles = {"synchronous": "-", "even_odd": "--"}
+    styles = {"synchronous": "-", "even_odd": "--", "forward_backward": ":"}
     for i, case in enumerate(ctx.cases()):
         for sch in SCHEDULE_NAMES:
             tr = ctx.cached_trace(case, sch)
@@ -1004,7 +1013,7 @@ def plot_tolerance(rows: list[dict[str, Any]], cap: int, path: Path) -> None:
     fig, ax = plt.subplots(figsize=(max(7, 2.5 * len(nets)), 5), constrained_layout=True)
     lookup = {(r["net"], r["schedule"], r["tol"]): r["steps"] for r in rows}
     for j, (sch, tol) in enumerate(combos):
-        color, hatch = f"C{TOLERANCES.index(tol)}", "//" if sch == "even_odd" else None
+        color, hatch = f"C{TOLERANCES.index(tol)}", HATCHES[sch]
         for i, net in enumerate(nets):
             v = lookup.get((net, sch, tol))
             x = i - 0.4 + width * (j + 0.5)
@@ -1021,7 +1030,7 @@ def plot_tolerance(rows: list[dict[str, Any]], cap: int, path: Path) -> None:
             facecolor=f"C{TOLERANCES.index(tol)}",
             edgecolor="black",
             lw=0.5,
-            hatch="//" if sch == "even_odd" else None,
+            hatch=HATCHES[sch],
             label=f"{sch}, tol {tol:g}",
         )
         for sch, tol in combos

@@ -10,10 +10,16 @@ import itertools
 
 import pytest
 import torch
-from nets import ARCHITECTURES, make_batch, make_net, max_diff
+from nets import ARCHITECTURES, make_batch, make_net, max_diff, random_state
 
 from eqprop import Solver, SymmetricEP, relax
-from eqprop.dynamics import even_odd_step, feedforward_state, synchronous_step
+from eqprop.dynamics import (
+    SCHEDULES,
+    even_odd_step,
+    feedforward_state,
+    forward_backward_step,
+    synchronous_step,
+)
 from eqprop.reference import reference_phi, reference_step
 
 
@@ -46,6 +52,34 @@ def test_even_odd_sweep_equals_block_coordinate_reference(arch, output):
             state = fast
 
 
+def reference_forward_backward(net, x, state, y, beta, downward):
+    """Gauss–Seidel sweep from the autograd reference: one layer at a time."""
+    s = list(state)
+    order = range(len(s) - 1, -1, -1) if downward else range(len(s))
+    for n in order:
+        s[n] = reference_step(net, x, s, y, beta)[n]
+    return s
+
+
+@pytest.mark.parametrize("output", ["mse", "ce"])
+@pytest.mark.parametrize("arch", list(ARCHITECTURES))
+def test_forward_backward_sweeps_equal_gauss_seidel_reference(arch, output):
+    """Free phases go up first, nudged phases down first; the direction alternates per step."""
+    net = make_net(arch, output=output, init_scale=1.5)
+    x, y = make_batch(net)
+    drive = net.input_drive(x)
+    for beta in (0.0, 0.4):
+        nudge = (lambda s, b=beta: net.nudge_drive(s, y, b)) if beta else None
+        state, cache = net.zero_state(x.shape[0]), {}
+        for t in range(6):
+            with torch.no_grad():
+                fast = forward_backward_step(net, drive, state, nudge, cache)
+            downward = (t % 2 == 0) == bool(beta)
+            ref = reference_forward_backward(net, x, state, y, beta, downward)
+            assert max_diff(fast, ref) <= 1e-10
+            state = fast
+
+
 @pytest.mark.parametrize("arch", ["dense", "conv_avg"])
 def test_energy_never_rises_under_even_odd_sweeps(arch):
     """hard_sigmoid, no max pool: each block update exactly minimises E = ½‖s‖² − Φ."""
@@ -67,15 +101,17 @@ def test_energy_never_rises_under_even_odd_sweeps(arch):
     assert energies[-1] < energies[0]
 
 
+@pytest.mark.parametrize("schedule", ["even_odd", "forward_backward"])
 @pytest.mark.parametrize(
     ("arch", "output"), [("dense", "mse"), ("conv_max", "ce"), ("mixed", "mse")]
 )
-def test_fast_solver_reaches_the_same_fixed_point_and_gradient(arch, output):
-    """A contracting net has one fixed point: even/odd + tolerance + warm start must find it."""
+def test_fast_solver_reaches_the_same_fixed_point_and_gradient(arch, output, schedule):
+    """A contracting net has one fixed point: a fast schedule + tolerance + warm start must
+    find it."""
     net = make_net(arch, output=output, activation="sigmoid", init_scale=0.5)
     x, y = make_batch(net, batch=4)
     exact = Solver()
-    fast = Solver(schedule="even_odd", tol=1e-13, init="feedforward")
+    fast = Solver(schedule=schedule, tol=1e-13, init="feedforward")
     s_exact = relax(net, x, 400, solver=exact).state
     res_fast = relax(net, x, 400, solver=fast)
     assert res_fast.steps < 400
@@ -89,14 +125,15 @@ def test_fast_solver_reaches_the_same_fixed_point_and_gradient(arch, output):
     assert float((grads[1] - grads[0]).norm() / grads[0].norm()) <= 1e-5
 
 
-def test_even_odd_needs_fewer_steps_than_synchronous():
+def test_even_odd_and_forward_backward_need_fewer_steps_than_synchronous():
     net = make_net("mixed", activation="sigmoid", init_scale=0.8)
     x, _ = make_batch(net, batch=4)
     steps = {
         schedule: relax(net, x, 1000, solver=Solver(schedule=schedule, tol=1e-10)).steps
-        for schedule in ("synchronous", "even_odd")
+        for schedule in ("synchronous", "even_odd", "forward_backward")
     }
     assert steps["even_odd"] < steps["synchronous"]
+    assert steps["forward_backward"] < steps["synchronous"]
 
 
 def test_feedforward_init_is_one_sweep_without_feedback():
@@ -155,3 +192,20 @@ def test_synchronous_step_signature_accepts_a_cache():
             )
             == 0
         )
+
+
+@pytest.mark.parametrize("schedule", ["synchronous", "even_odd", "forward_backward"])
+def test_first_step_from_zeros_skips_only_exactly_zero_work(schedule):
+    """Solver.relax marks all-zero starting states so that their (zero) backward drives are
+    skipped: the result must equal stepping without that knowledge, bit for bit."""
+    net = make_net("mixed", output="ce", init_scale=1.5)
+    x, y = make_batch(net)
+    drive = net.input_drive(x)
+    nudge = lambda s: net.nudge_drive(s, y, 0.3)  # noqa: E731
+    for start, kwargs in ((net.zero_state(3), {}), (random_state(net, 3), {"y": y, "beta": 0.3})):
+        got = Solver(schedule=schedule).relax(net, drive, start, 4, **kwargs).state
+        state, cache = list(start), {}
+        with torch.no_grad():
+            for _ in range(4):
+                state = SCHEDULES[schedule](net, drive, state, nudge if kwargs else None, cache)
+        assert max_diff(got, state) == 0.0

@@ -10,10 +10,13 @@ Schedules are step functions registered by name in :data:`SCHEDULES`, all with t
 - ``synchronous`` (the paper's): every layer from the previous state, s_{t+1} = σ(∂Φ/∂s(s_t)).
 - ``even_odd`` (red-black block coordinate): layers 0, 2, 4, … from their neighbours, then
   layers 1, 3, 5, … from the freshly updated ones (nudged sweeps start with the target
-  layer's parity). Same fixed points, usually fewer steps, and
-  the same cost per step: each interaction runs one conv and one transposed conv per sweep,
-  because the max-pool argmax computed by a forward drive is cached and reused by the backward
-  drive of the next half-sweep.
+  layer's parity). Same fixed points, usually fewer steps, and the same cost per step: each
+  interaction runs one conv and one transposed conv per sweep, because the max-pool argmax
+  computed by a forward drive is cached and reused by the backward drive of the next
+  half-sweep.
+- ``forward_backward`` (Gauss–Seidel): one layer at a time, upwards, then downwards on the next
+  step; each layer sees its neighbours' newest values. Same fixed points; upward sweeps through
+  max-pooled conv layers cost one extra conv per interaction.
 
 :class:`Solver` picks a schedule and adds stopping on a tolerance, a warm start, compilation
 and reduced precision.
@@ -24,7 +27,6 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -40,6 +42,7 @@ __all__ = [
     "Solver",
     "even_odd_step",
     "feedforward_state",
+    "forward_backward_step",
     "relax",
     "synchronous_step",
 ]
@@ -62,7 +65,8 @@ def synchronous_step(
         input_drive: the first layer's constant drive, shape (B, *state_shapes[0]).
         state: current states, one (B, ...) tensor per layer; not modified.
         nudge: ``state -> −β ∂L/∂s_target``, or None for the free phase.
-        cache: unused (the synchronous step has nothing to carry between steps).
+        cache: the relaxation's scratch dict; only its ``"zero"`` entry is read (see
+            :meth:`Solver.relax`).
 
     Returns:
         The new states (fresh tensors).
@@ -77,11 +81,51 @@ def synchronous_step(
         drives.append(drive.to(dtype))
         contexts.append(ctx)
     for n in range(n_layers - 1):
-        drives[n].add_(layers[n + 1].backward_drive(state[n + 1], contexts[n + 1]))
+        if not _known_zero(state[n + 1], cache):
+            drives[n].add_(layers[n + 1].backward_drive(state[n + 1], contexts[n + 1]))
     if nudge is not None:
         drives[net.target_layer].add_(nudge(list(state)))
     act_ = net.activation.fn_
     return [act_(d) for d in drives]
+
+
+def _known_zero(t: Tensor, cache: dict | None) -> bool:
+    """Whether ``t`` is one of the all-zero starting states :meth:`Solver.relax` recorded.
+
+    Their backward drives are exactly zero, so the first step from zeros skips those
+    transposed convolutions (and the argmax convolutions they would need).
+    """
+    return cache is not None and any(t is z for z in cache.get("zero", ()))
+
+
+def _update_layer(
+    net: EnergyNetwork,
+    n: int,
+    new: list[Tensor],
+    input_drive: Tensor,
+    nudge: Nudge,
+    ctx: dict,
+) -> None:
+    """Replace ``new[n]`` by σ(∂Φ/∂s_n − β ∂L/∂s_n) at the current ``new`` (block update).
+
+    ``ctx`` holds, per interaction k, the presynaptic tensor and the context (pool argmax) its
+    forward drive produced, so that a backward drive reuses it while that state is unchanged.
+    """
+    layers = net.interactions
+    if n == 0:
+        drive = input_drive.clone()
+    else:
+        drive, c = layers[n].forward_drive(new[n - 1])
+        drive = drive.to(input_drive.dtype)  # states keep their dtype when convs run in bf16
+        ctx[n] = (new[n - 1], c)
+    if n + 1 < len(layers) and not _known_zero(new[n + 1], ctx):
+        cached = ctx.get(n + 1)
+        if cached is None or cached[0] is not new[n]:  # argmax at the *current* s_n
+            cached = ctx[n + 1] = (new[n], layers[n + 1].forward_drive(new[n])[1])
+        drive.add_(layers[n + 1].backward_drive(new[n + 1], cached[1]))
+    if nudge is not None and n == net.target_layer:
+        drive.add_(nudge(new))
+    new[n] = net.activation.fn_(drive)
 
 
 def even_odd_step(
@@ -104,41 +148,50 @@ def even_odd_step(
             presynaptic tensor and the context (pool argmax) its forward drive produced, so that
             the backward drive reuses it while that presynaptic state is unchanged.
     """
-    layers = net.interactions
-    n_layers = len(layers)
-    dtype = input_drive.dtype
     ctx = cache if cache is not None else {}
-    act_ = net.activation.fn_
     new = list(state)
-
-    def context(k: int) -> Any:
-        # Argmax of interaction k at the *current* presynaptic state new[k-1].
-        pre_and_ctx = ctx.get(k)
-        if pre_and_ctx is None or pre_and_ctx[0] is not new[k - 1]:
-            ctx[k] = (new[k - 1], layers[k].forward_drive(new[k - 1])[1])
-        return ctx[k][1]
-
     first = net.target_layer % 2 if nudge is not None else 0
     for parity in (first, 1 - first):
-        for n in range(parity, n_layers, 2):
-            if n == 0:
-                drive = input_drive.clone()
-            else:
-                drive, c = layers[n].forward_drive(new[n - 1])
-                drive = drive.to(dtype)
-                ctx[n] = (new[n - 1], c)
-            if n + 1 < n_layers:
-                drive.add_(layers[n + 1].backward_drive(new[n + 1], context(n + 1)))
-            if nudge is not None and n == net.target_layer:
-                drive.add_(nudge(new))
-            new[n] = act_(drive)
+        for n in range(parity, len(net.interactions), 2):
+            _update_layer(net, n, new, input_drive, nudge, ctx)
+    return new
+
+
+def forward_backward_step(
+    net: EnergyNetwork,
+    input_drive: Tensor,
+    state: Sequence[Tensor],
+    nudge: Nudge = None,
+    cache: dict | None = None,
+) -> State:
+    """One Gauss–Seidel sweep, one layer at a time, alternating direction from step to step.
+
+    Free phases start upwards (layer 0 first, the one the input drives), nudged phases
+    downwards (the target layer first, for the reason given in :func:`even_odd_step`); each
+    layer sees its neighbours' newest values. The direction is kept in ``cache``; without one,
+    every step goes in the starting direction. Upward sweeps through max-pooled conv layers
+    cost one extra convolution per interaction (the argmax of the layer above must be taken
+    at the state just updated), downward sweeps reuse it.
+    """
+    ctx = cache if cache is not None else {}
+    sweep = ctx.get("sweep", 0)
+    ctx["sweep"] = sweep + 1
+    n_layers = len(net.interactions)
+    downward = (sweep % 2 == 0) == (nudge is not None)
+    new = list(state)
+    for n in range(n_layers - 1, -1, -1) if downward else range(n_layers):
+        _update_layer(net, n, new, input_drive, nudge, ctx)
     return new
 
 
 Step = Callable[..., State]
 
 #: Update schedules by name; each maps (net, input_drive, state, nudge, cache) to the next state.
-SCHEDULES: dict[str, Step] = {"synchronous": synchronous_step, "even_odd": even_odd_step}
+SCHEDULES: dict[str, Step] = {
+    "synchronous": synchronous_step,
+    "even_odd": even_odd_step,
+    "forward_backward": forward_backward_step,
+}
 
 
 def feedforward_state(net: EnergyNetwork, input_drive: Tensor) -> State:
@@ -288,6 +341,9 @@ class Solver:
         step = _compiled(self.schedule) if self.compile else SCHEDULES[self.schedule]
         cache: dict = {}
         current = list(state)
+        if not self.compile:  # (identity tests on tensors would only add guards to a graph)
+            with torch.no_grad():
+                cache["zero"] = tuple(s for s in current if not bool(s.any()))
         residual: float | None = None
         with torch.no_grad(), precision_context(self.precision, input_drive.device):
             for t in range(1, steps + 1):
