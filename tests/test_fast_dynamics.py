@@ -196,16 +196,33 @@ def test_synchronous_step_signature_accepts_a_cache():
 
 @pytest.mark.parametrize("schedule", ["synchronous", "even_odd", "forward_backward"])
 def test_first_step_from_zeros_skips_only_exactly_zero_work(schedule):
-    """Solver.relax marks all-zero starting states so that their (zero) backward drives are
-    skipped: the result must equal stepping without that knowledge, bit for bit."""
+    """The solver knows its all-zero starting states and skips their (zero) backward drives:
+    the result must equal stepping without that knowledge, bit for bit."""
     net = make_net("mixed", output="ce", init_scale=1.5)
     x, y = make_batch(net)
     drive = net.input_drive(x)
     nudge = lambda s: net.nudge_drive(s, y, 0.3)  # noqa: E731
-    for start, kwargs in ((net.zero_state(3), {}), (random_state(net, 3), {"y": y, "beta": 0.3})):
-        got = Solver(schedule=schedule).relax(net, drive, start, 4, **kwargs).state
+    solver = Solver(schedule=schedule)
+    zeros = solver.initial_state(net, drive)
+    for start, kwargs in ((zeros, {}), (random_state(net, 3), {"y": y, "beta": 0.3})):
+        got = solver.relax(net, drive, start, 4, **kwargs).state
         state, cache = list(start), {}
         with torch.no_grad():
             for _ in range(4):
                 state = SCHEDULES[schedule](net, drive, state, nudge if kwargs else None, cache)
         assert max_diff(got, state) == 0.0
+
+
+def test_no_backward_drive_is_computed_from_the_zero_start(monkeypatch):
+    net = make_net("mixed")
+    x, _ = make_batch(net)
+    calls = []
+    for layer in net.interactions:
+        original = layer.backward_drive
+        monkeypatch.setattr(
+            layer, "backward_drive", lambda post, ctx, f=original: calls.append(1) or f(post, ctx)
+        )
+    relax(net, x, 1)  # from Solver().initial_state: zeros
+    assert calls == []
+    relax(net, x, 2)
+    assert len(calls) == len(net.interactions) - 1  # the second step needs them all

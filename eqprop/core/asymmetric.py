@@ -113,7 +113,7 @@ class AsymmetricConvInteraction(ConvInteraction):
 
     def phi_feedback(self, pre: Tensor, post: Tensor) -> Tensor:
         """⟨post, P(conv_B(pre))⟩ per example, shape (B,); the pool argmax is that of conv_B."""
-        return (post * self._pool(self._feedback_conv(pre))).flatten(1).sum(1)
+        return (post * self._pool(self._feedback_conv(pre))).sum(dim=(1, 2, 3))  # see phi
 
 
 class AsymmetricDenseInteraction(DenseInteraction):

@@ -225,4 +225,6 @@ class ConvInteraction(Interaction):
         )  # fmt: skip
 
     def phi(self, pre: Tensor, post: Tensor) -> Tensor:
-        return (post * self._pool(self.conv(pre))).flatten(1).sum(1)
+        # sum over (C, H, W), not flatten(1).sum(1): flatten copies channels-last maps to NCHW,
+        # and the gradient then reaches the max pool in NCHW, whose backward is 8x slower.
+        return (post * self._pool(self.conv(pre))).sum(dim=(1, 2, 3))

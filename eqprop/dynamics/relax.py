@@ -25,6 +25,7 @@ and reduced precision.
 from __future__ import annotations
 
 import contextlib
+import weakref
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
@@ -89,11 +90,16 @@ def synchronous_step(
     return [act_(d) for d in drives]
 
 
+#: The all-zero states handed out by Solver.initial_state, by id, while they are alive.
+_ZERO_STARTS: weakref.WeakValueDictionary[int, Tensor] = weakref.WeakValueDictionary()
+
+
 def _known_zero(t: Tensor, cache: dict | None) -> bool:
-    """Whether ``t`` is one of the all-zero starting states :meth:`Solver.relax` recorded.
+    """Whether ``t`` is an all-zero starting state from :meth:`Solver.initial_state`.
 
     Their backward drives are exactly zero, so the first step from zeros skips those
     transposed convolutions (and the argmax convolutions they would need).
+    :meth:`Solver.relax` lists them in ``cache["zero"]``.
     """
     return cache is not None and any(t is z for z in cache.get("zero", ()))
 
@@ -308,7 +314,10 @@ class Solver:
         """The free phase's starting point for a batch."""
         if self.init == "feedforward":
             return feedforward_state(net, input_drive)
-        return net.zero_state(input_drive.shape[0])
+        zeros = net.zero_state(input_drive.shape[0])
+        for t in zeros:  # known zero without looking at it again (see _known_zero)
+            _ZERO_STARTS[id(t)] = t
+        return zeros
 
     def relax(
         self,
@@ -342,8 +351,7 @@ class Solver:
         cache: dict = {}
         current = list(state)
         if not self.compile:  # (identity tests on tensors would only add guards to a graph)
-            with torch.no_grad():
-                cache["zero"] = tuple(s for s in current if not bool(s.any()))
+            cache["zero"] = tuple(s for s in current if _ZERO_STARTS.get(id(s)) is s)
         residual: float | None = None
         with torch.no_grad(), precision_context(self.precision, input_drive.device):
             for t in range(1, steps + 1):
