@@ -42,6 +42,9 @@ def test_hebbian_term_has_the_value_and_weight_gradient_of_phi(arch):
         value, expected = value.detach(), expected.detach()
         assert abs(float(value - expected)) <= 1e-12 * max(1.0, abs(float(expected)))
         assert max(float((g - w).abs().max()) for g, w in zip(got, want, strict=True)) <= 1e-12
+        # the same with the forward drive's context supplied (the input drive's, in training)
+        reused = torch.autograd.grad(layer.hebbian(pre, post, layer.forward_drive(pre)[1]), params)
+        assert max(float((g - w).abs().max()) for g, w in zip(reused, want, strict=True)) <= 1e-12
 
 
 @pytest.mark.parametrize("output", ["mse", "ce"])

@@ -266,6 +266,7 @@ class AsymmetricNetwork(EnergyNetwork):
         betas: Sequence[float],
         coefs: Sequence[float],
         c_free: float,
+        input_ctx: Any = None,
     ) -> Tensor:
         """Scalar whose θ-gradient is the asymmetric EP update (spec §4), batch mean.
 

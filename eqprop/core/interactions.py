@@ -107,11 +107,12 @@ class Interaction(nn.Module):
         """Differentiable per-example value of the term, shape (B,)."""
         raise NotImplementedError
 
-    def hebbian(self, pre: Tensor, post: Tensor) -> Tensor:
+    def hebbian(self, pre: Tensor, post: Tensor, ctx: Any = None) -> Tensor:
         """Σ over the batch of φ(pre, post) as a scalar whose θ-gradient is the Hebbian product.
 
-        States are constants here (EP's weight update). Subclasses may build the value from
-        the gradient itself when that is cheaper than evaluating φ.
+        States are constants here (EP's weight update). Subclasses build the value from the
+        gradient itself, which is cheaper than differentiating φ. ``ctx``: the context of
+        ``forward_drive(pre)`` when the caller has it (e.g. the input drive's pool argmax).
         """
         return self.phi(pre.detach(), post.detach()).sum()
 
@@ -141,7 +142,7 @@ class DenseInteraction(Interaction):
     def phi(self, pre: Tensor, post: Tensor) -> Tensor:
         return (post * self.linear(pre.flatten(1))).sum(1)
 
-    def hebbian(self, pre: Tensor, post: Tensor) -> Tensor:
+    def hebbian(self, pre: Tensor, post: Tensor, ctx: Any = None) -> Tensor:
         # Σ_b ⟨post_b, W pre_b + b⟩ = ⟨W, postᵀ pre⟩ + ⟨b, Σ_b post_b⟩: one matmul gives both the
         # value and the gradient (postᵀ pre), where autograd of φ would add a forward matmul.
         with torch.no_grad():
@@ -223,6 +224,23 @@ class ConvInteraction(Interaction):
             g, self.conv.weight, stride=s.stride, padding=s.padding,
             output_padding=self._output_padding,
         )  # fmt: skip
+
+    def hebbian(self, pre: Tensor, post: Tensor, ctx: Any = None) -> Tensor:
+        # For a fixed pool argmax, φ = ⟨u, conv(pre, W) + b⟩ with u the unpooled post: linear in
+        # (W, b). One weight-gradient convolution gives ∂φ/∂W and ∂φ/∂b, and the value is
+        # ⟨W, ∂φ/∂W⟩ + ⟨b, ∂φ/∂b⟩: no graph through the conv and the pool.
+        s = self.spec
+        with torch.no_grad():
+            pre, post = pre.detach(), post.detach()
+            if ctx is None:
+                ctx = self.forward_drive(pre)[1]
+            u = self._unpool(post, ctx).to(pre.dtype)
+            w = self.conv.weight
+            _, g_w, g_b = torch.ops.aten.convolution_backward(
+                u, pre, w, [w.shape[0]], [s.stride] * 2, [s.padding] * 2, [1, 1], False,
+                [0, 0], 1, [False, True, True],
+            )  # fmt: skip
+        return (w * g_w).sum() + (self.conv.bias * g_b).sum()
 
     def phi(self, pre: Tensor, post: Tensor) -> Tensor:
         # sum over (C, H, W), not flatten(1).sum(1): flatten copies channels-last maps to NCHW,

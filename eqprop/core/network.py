@@ -205,8 +205,14 @@ class EnergyNetwork(nn.Module):
 
     def input_drive(self, x: Tensor) -> Tensor:
         """The constant drive of the first layer, P(conv_1(x) + b_1): computed once per batch."""
+        return self.input_drive_with_context(x)[0]
+
+    def input_drive_with_context(self, x: Tensor) -> tuple[Tensor, Any]:
+        """:meth:`input_drive` and the first layer's context (pool argmax), for
+        :meth:`ep_surrogate`, which then need not convolve the input again."""
         with torch.no_grad():
-            return _fast_layout(self.interactions[0].forward_drive(_fast_layout(x))[0])
+            drive, ctx = self.interactions[0].forward_drive(_fast_layout(x))
+            return _fast_layout(drive), ctx
 
     def zero_state(self, batch: int) -> State:
         """All-zero states for a batch (the paper's starting point).
@@ -235,6 +241,7 @@ class EnergyNetwork(nn.Module):
         betas: Sequence[float],
         coefs: Sequence[float],
         c_free: float,
+        input_ctx: Any = None,
     ) -> Tensor:
         """Scalar whose θ-gradient is the EP update: [Σ_k c_k Φ(s_k) + c_free Φ(s*)] / B.
 
@@ -242,7 +249,7 @@ class EnergyNetwork(nn.Module):
         post ⊗ pre (:meth:`Interaction.hebbian`). The compared states go through one
         evaluation, stacked along the batch (each example's weight c_k / B folded into its
         postsynaptic state, Φ being linear in it), except the input term, evaluated once on the
-        combined s_1.
+        combined s_1 (with ``input_ctx``, from :meth:`input_drive_with_context`, reused).
         With a readout, the mean CE over the nudged states is added: its gradient is the
         readout's update (spec §3). States are treated as constants.
         """
@@ -254,7 +261,7 @@ class EnergyNetwork(nn.Module):
         b = x.shape[0]
         # φ_1 = ⟨s_1, P(conv(x))⟩ is linear in s_1 and x is shared: combine the states first.
         first = sum(c * s[0].detach() for c, s in zip(weights, states, strict=True)) / b
-        surrogate = self.interactions[0].hebbian(_fast_layout(x), first)
+        surrogate = self.interactions[0].hebbian(_fast_layout(x), first, input_ctx)
         if len(self.interactions) > 1:
             stacked = cat_states(states)
             w = torch.tensor(weights, dtype=x.dtype, device=x.device).repeat_interleave(b) / b

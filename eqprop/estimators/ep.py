@@ -114,10 +114,14 @@ class EPEstimator:
     # --- the shared recipe -------------------------------------------------------------
 
     def relax_free(
-        self, net: EnergyNetwork, x: Tensor, state: Sequence[Tensor] | None = None
+        self,
+        net: EnergyNetwork,
+        x: Tensor,
+        state: Sequence[Tensor] | None = None,
+        drive: Tensor | None = None,
     ) -> tuple[Tensor, State, int]:
-        """Validate ``x`` and relax freely; returns (input drive, s*, steps)."""
-        drive = net.input_drive(x)
+        """Relax freely; returns (input drive, s*, steps). ``drive``: ``net.input_drive(x)``."""
+        drive = net.input_drive(x) if drive is None else drive
         start = state if state is not None else self.solver.initial_state(net, drive)
         free = self.solver.relax(net, drive, start, self.free_steps)
         return drive, free.state, free.steps
@@ -170,10 +174,11 @@ class EPEstimator:
             state: optional starting state of the free phase (default: the solver's init).
         """
         x, y = net.check_input(x, y)
-        drive, free_state, free_steps = self.relax_free(net, x, state)
+        drive, input_ctx = net.input_drive_with_context(x)
+        _, free_state, free_steps = self.relax_free(net, x, state, drive)
         betas = self.phase_betas()
         nudged, nudged_steps = self.relax_nudged(net, drive, free_state, y, betas)
-        self.accumulate_gradients(net, x, y, free_state, nudged, betas)
+        self.accumulate_gradients(net, x, y, free_state, nudged, betas, input_ctx)
         with torch.no_grad():
             logits = net.logits(free_state)
             loss = net.loss(free_state, y)
@@ -187,16 +192,18 @@ class EPEstimator:
         free_state: State,
         nudged: list[State],
         betas: list[float],
+        input_ctx: Any = None,
     ) -> None:
         """Add the EP descent direction (batch mean) to every ``.grad``.
 
         The network turns the contrast coefficients into a surrogate scalar whose gradient is
         the update (:meth:`EnergyNetwork.ep_surrogate`), then may post-process the gradients
-        (:meth:`EnergyNetwork.postprocess_grads`).
+        (:meth:`EnergyNetwork.postprocess_grads`). ``input_ctx``: the first layer's context from
+        :meth:`EnergyNetwork.input_drive_with_context`, reused when given.
         """
         coefs, c_free = self.contrast(betas)
         with torch.enable_grad():
-            net.ep_surrogate(x, y, free_state, nudged, betas, coefs, c_free).backward()
+            net.ep_surrogate(x, y, free_state, nudged, betas, coefs, c_free, input_ctx).backward()
         net.postprocess_grads()
 
 
