@@ -17,27 +17,11 @@ import time
 
 import torch
 import torch.nn.functional as F
+from common import State, mnist_mlp, one_step, paper_cifar10, sync
 
-from eqprop import ConvLayer, EnergyNetwork
+from eqprop import EnergyNetwork
 from eqprop.core.interactions import ConvInteraction
-from eqprop.dynamics import synchronous_step
-from eqprop.dynamics.relax import precision_context
 from eqprop.reference import reference_step
-
-
-def paper_cifar10(output: str = "mse") -> EnergyNetwork:
-    conv = [ConvLayer(128, 3, 1, 1), ConvLayer(256, 3, 1, 1), ConvLayer(512, 3, 1, 1),
-            ConvLayer(512, 3, 1, 0)]  # fmt: skip
-    return EnergyNetwork((3, 32, 32), conv=conv, output=output, activation="my_hard_sig")
-
-
-def mnist_mlp() -> EnergyNetwork:
-    return EnergyNetwork((784,), dense=[512], activation="my_hard_sig")
-
-
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize()
 
 
 def time_steps(step, state, steps: int, reps: int, device: torch.device) -> float:
@@ -55,6 +39,24 @@ def time_steps(step, state, steps: int, reps: int, device: torch.device) -> floa
     return statistics.median(times)
 
 
+def products_only(net: EnergyNetwork, s: State) -> State:
+    """Only the products a step cannot avoid: each interaction's forward map of its
+    presynaptic state and its transposed map back (conv and transposed conv, or the two
+    matmuls), on the same layouts as the closed-form step. Returns ``s`` unchanged."""
+    with torch.no_grad():
+        for n in range(1, len(net.interactions)):
+            layer = net.interactions[n]
+            if isinstance(layer, ConvInteraction):
+                z = layer.conv(s[n - 1])
+                c = layer.spec
+                F.conv_transpose2d(z, layer.conv.weight, stride=c.stride, padding=c.padding,
+                                   output_padding=layer._output_padding)  # fmt: skip
+            else:
+                z = layer.forward_drive(s[n - 1])[0]
+                layer.backward_drive(z, None)
+    return s
+
+
 def bench(name: str, net: EnergyNetwork, batch: int, steps: int, reps: int, device) -> dict:
     net = net.to(device)
     g = torch.Generator().manual_seed(0)
@@ -62,14 +64,15 @@ def bench(name: str, net: EnergyNetwork, batch: int, steps: int, reps: int, devi
     y = torch.randint(0, net.num_classes, (batch,), generator=g).to(device)
     drive = net.input_drive(x)
     # Start from a relaxed-ish state so pools and clamps are in their usual regime.
-    with torch.no_grad():
-        state = net.zero_state(batch)
-        for _ in range(5):
-            state = synchronous_step(net, drive, state)
+    state = net.zero_state(batch)
+    for _ in range(5):
+        state = one_step(net, drive, state)
+
+    def nudge(t):
+        return net.nudge_drive(t, y, 0.5)
 
     def closed(s):
-        with torch.no_grad():
-            return synchronous_step(net, drive, s, lambda t: net.nudge_drive(t, y, 0.5))
+        return one_step(net, drive, s, nudge=nudge)
 
     def autograd(s):
         return reference_step(net, x, s, y, 0.5)
@@ -83,25 +86,10 @@ def bench(name: str, net: EnergyNetwork, batch: int, steps: int, reps: int, devi
         return reference_step(original, x, s, y, 0.5)
 
     def closed_bf16(s):
-        with torch.no_grad(), precision_context("bf16", device):
-            return synchronous_step(net, drive, s, lambda t: net.nudge_drive(t, y, 0.5))
+        return one_step(net, drive, s, nudge=nudge, precision="bf16")
 
     def floor(s):
-        # Only the products a step cannot avoid: each interaction's forward map of its
-        # presynaptic state and its transposed map back (conv and transposed conv, or the
-        # two matmuls), on the same layouts as the closed-form step.
-        with torch.no_grad():
-            for n in range(1, len(net.interactions)):
-                layer = net.interactions[n]
-                if isinstance(layer, ConvInteraction):
-                    z = layer.conv(s[n - 1])
-                    c = layer.spec
-                    F.conv_transpose2d(z, layer.conv.weight, stride=c.stride, padding=c.padding,
-                                       output_padding=layer._output_padding)  # fmt: skip
-                else:
-                    z = layer.forward_drive(s[n - 1])[0]
-                    layer.backward_drive(z, None)
-        return s
+        return products_only(net, s)
 
     nchw = [s.contiguous() for s in state]
     t_closed = time_steps(closed, state, steps, reps, device)

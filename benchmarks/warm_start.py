@@ -25,13 +25,14 @@ import json
 from pathlib import Path
 
 import torch
-from relaxation_step import paper_cifar10
+from common import paper_cifar10
 
 from eqprop import Solver, relax
+from eqprop.train.builders import build_network
 from eqprop.train.checkpoint import load_checkpoint
 from eqprop.train.config import config_from_dict
-from eqprop.train.data import load_dataset, normalizer_for
-from eqprop.train.trainer import build_network
+from eqprop.train.datasets import load_dataset
+from eqprop.train.loader import normalizer_for
 
 
 def test_batch(cfg_data: dict, data_dir: str | None, batch: int, like: torch.Tensor):

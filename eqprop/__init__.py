@@ -1,16 +1,20 @@
 """eqprop: Equilibrium Propagation for convergent recurrent networks, in PyTorch.
 
 The layers, from the mathematics up: :mod:`eqprop.core` (activations, interactions, Φ),
-:mod:`eqprop.dynamics` (relaxation), :mod:`eqprop.estimators` (EP gradients),
-:mod:`eqprop.train` (data, configs, the trainer) and :mod:`eqprop.cli`.
+:mod:`eqprop.dynamics` (relaxation), :mod:`eqprop.estimators` (EP and BPTT gradients),
+:mod:`eqprop.analysis` (checks), :mod:`eqprop.train` (data, configs, the trainer) and
+:mod:`eqprop.cli`.
 """
 
-from eqprop.core import ACTIVATIONS, ConvLayer, EnergyNetwork
-from eqprop.core.asymmetric import AsymmetricNetwork
-from eqprop.dynamics import RelaxResult, Solver, relax
+from importlib.metadata import PackageNotFoundError, version
+
+from eqprop.core import ACTIVATIONS, AsymmetricNetwork, ChainNetwork, ConvLayer, EnergyNetwork
+from eqprop.dynamics import FreeRelaxation, RelaxResult, Solver, relax
 from eqprop.estimators import (
+    BPTT,
     ESTIMATORS,
     Estimate,
+    GradientEstimator,
     OneSidedEP,
     RandomSignEP,
     SymmetricEP,
@@ -18,16 +22,22 @@ from eqprop.estimators import (
     predict,
 )
 
-__version__ = "0.1.0"
+try:
+    __version__ = version("eqprop")
+except PackageNotFoundError:  # a source tree that was never installed
+    __version__ = "0+unknown"
 
 __all__ = [
     "ACTIVATIONS",
     "BPTT",
     "ESTIMATORS",
     "AsymmetricNetwork",
+    "ChainNetwork",
     "ConvLayer",
     "EnergyNetwork",
     "Estimate",
+    "FreeRelaxation",
+    "GradientEstimator",
     "OneSidedEP",
     "RandomSignEP",
     "RelaxResult",

@@ -192,8 +192,9 @@ def _check(args: argparse.Namespace) -> int:
     import torch
 
     from eqprop.analysis import check_gdu, format_table, write_report
+    from eqprop.train.builders import build_solver
     from eqprop.train.config import load_config
-    from eqprop.train.trainer import Trainer, build_solver, load_run
+    from eqprop.train.trainer import Trainer, load_run
 
     source = Path(args.source)
     overrides = [*args.overrides, "log.tensorboard=false", "log.plots=false"]
@@ -239,7 +240,7 @@ def _random_dataset(cfg, batch: int):
     """A dataset of uniform random images of the configured dataset's size (no files needed)."""
     import torch
 
-    from eqprop.train.data import Dataset
+    from eqprop.train.datasets import Dataset
 
     shapes = {"digits": (1, 8, 8), "mnist": (1, 28, 28), "fashion_mnist": (1, 28, 28)}
     shape = shapes.get(cfg.data.dataset, (3, 32, 32))
@@ -284,7 +285,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     from eqprop.train.checkpoint import CheckpointError
     from eqprop.train.config import ConfigError
-    from eqprop.train.data import DataError
+    from eqprop.train.datasets import DataError
     from eqprop.train.trainer import TrainingError
 
     handlers = {

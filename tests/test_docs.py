@@ -19,11 +19,16 @@ def test_readme_python_example_runs():
         exec(compile(block, "README.md", "exec"), {})
 
 
-@pytest.mark.parametrize(
-    "module",
-    ["eqprop.core.network", "eqprop.dynamics.relax", "eqprop.core.asymmetric"],
+MODULES = sorted(
+    ".".join(p.relative_to(ROOT).with_suffix("").parts).removesuffix(".__init__")
+    for p in (ROOT / "eqprop").rglob("*.py")
+    if p.name != "__main__.py"
 )
+
+
+@pytest.mark.parametrize("module", MODULES)
 def test_docstring_examples(module):
+    """Every module's examples run as written (doctest)."""
     mod = importlib.import_module(module)
     result = doctest.testmod(mod, optionflags=doctest.ELLIPSIS)
     assert result.failed == 0

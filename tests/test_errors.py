@@ -54,13 +54,13 @@ def test_bad_labels(labels, message):
 def test_unknown_activation_lists_the_choices():
     with pytest.raises(
         ValueError,
-        match=r"activation: unknown name 'relu'; choose one of hard_sigmoid, my_hard_sig",
+        match=r"activation: 'relu' is not one of hard_sigmoid, my_hard_sig",
     ):
         EnergyNetwork((4,), dense=[3], activation="relu")
 
 
 def test_unknown_pooling_lists_the_choices():
-    with pytest.raises(ValueError, match=r"pool: unknown pooling 'x'; choose one of 'm'"):
+    with pytest.raises(ValueError, match=r"pool: 'x' is not one of m, a, i"):
         ConvLayer(4, pool="x")
 
 
@@ -69,7 +69,7 @@ def test_unknown_pooling_lists_the_choices():
     [
         ({"beta": 0.0}, r"beta: 0\.0 is not valid; expected a number > 0"),
         ({"beta": -0.5}, r"beta: -0\.5 is not valid"),
-        ({"free_steps": 0}, r"free_steps: 0 is not valid; expected an int >= 1"),
+        ({"free_steps": 0}, r"free_steps: 0 is not valid; expected an integer >= 1"),
         ({"nudged_steps": -3}, r"nudged_steps: -3 is not valid"),
         ({"free_steps": 2.5}, r"free_steps: 2\.5 is not valid"),
     ],
@@ -82,10 +82,11 @@ def test_non_positive_beta_or_steps(kwargs, message):
 
 def test_unknown_estimator_and_schedule_and_bad_steps():
     with pytest.raises(
-        ValueError, match=r"estimator: unknown kind 'symetric'; choose one of one_sided"
+        ValueError,
+        match=r"estimator: 'symetric' is not one of .*did you mean 'symmetric'",
     ):
         make_estimator("symetric", beta=0.1, free_steps=1, nudged_steps=1)
-    with pytest.raises(ValueError, match=r"schedule: unknown name 'async'"):
+    with pytest.raises(ValueError, match=r"schedule: 'async' is not one of"):
         Solver(schedule="async")
     with pytest.raises(ValueError, match=r"tol: -1\.0 is not valid"):
         Solver(tol=-1.0)
@@ -108,9 +109,11 @@ def test_other_inconsistent_specs():
         EnergyNetwork((64,), conv=[ConvLayer(4)])
     with pytest.raises(ValueError, match=r"at least one hidden layer"):
         EnergyNetwork((4,))
-    with pytest.raises(ValueError, match=r"init_scale: got 2 factors, expected 1 or 5"):
+    with pytest.raises(
+        ValueError, match=r"init_scale: \[1\.0, 2\.0\] is not valid; expected a number or 5"
+    ):
         paper_cifar_net(init_scale=[1.0, 2.0])
-    with pytest.raises(ValueError, match=r"output: unknown kind 'l2'; choose one of mse, ce"):
+    with pytest.raises(ValueError, match=r"output: 'l2' is not one of mse, ce"):
         EnergyNetwork((4,), dense=[3], output="l2")
     with pytest.raises(ValueError, match=r"dense\[0\]: 0 is not valid"):
         EnergyNetwork((4,), dense=[0])

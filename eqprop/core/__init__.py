@@ -1,4 +1,4 @@
-"""Mathematics of energy networks: activations, interactions, Φ, losses (imports only torch)."""
+"""Mathematics of chain networks: activations, interactions, Φ, losses (imports only torch)."""
 
 from eqprop.core.activations import ACTIVATIONS, Activation, get_activation
 from eqprop.core.asymmetric import (
@@ -7,6 +7,8 @@ from eqprop.core.asymmetric import (
     AsymmetricConvInteraction,
     AsymmetricDenseInteraction,
     AsymmetricNetwork,
+    AsymmetricSettings,
+    UpdateRule,
 )
 from eqprop.core.interactions import (
     POOLS,
@@ -15,11 +17,19 @@ from eqprop.core.interactions import (
     DenseInteraction,
     Interaction,
 )
-from eqprop.core.network import OUTPUTS, EnergyNetwork
+from eqprop.core.network import OUTPUTS, ChainNetwork, EnergyNetwork, NetworkSettings
+from eqprop.core.validation import SettingError
+
+#: Network kinds by the name used in configs (``model.kind``).
+NETWORKS: dict[str, type[ChainNetwork]] = {
+    "symmetric": EnergyNetwork,
+    "asymmetric": AsymmetricNetwork,
+}
 
 __all__ = [
     "ACTIVATIONS",
     "FEEDBACK_INITS",
+    "NETWORKS",
     "OUTPUTS",
     "POOLS",
     "UPDATE_RULES",
@@ -27,10 +37,15 @@ __all__ = [
     "AsymmetricConvInteraction",
     "AsymmetricDenseInteraction",
     "AsymmetricNetwork",
+    "AsymmetricSettings",
+    "ChainNetwork",
     "ConvInteraction",
     "ConvLayer",
     "DenseInteraction",
     "EnergyNetwork",
     "Interaction",
+    "NetworkSettings",
+    "SettingError",
+    "UpdateRule",
     "get_activation",
 ]

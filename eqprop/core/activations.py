@@ -13,6 +13,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from eqprop.core.validation import check_choice
+
 __all__ = ["ACTIVATIONS", "Activation", "get_activation"]
 
 
@@ -29,43 +31,62 @@ class Activation:
         return self.fn(x)
 
 
-def _sigmoid_(x: Tensor) -> Tensor:
-    return x.sigmoid_()
+# Module-level functions, not lambdas: networks hold their activation, and a network must
+# pickle (torch.save(net), copy.deepcopy, spawn-based multiprocessing).
+
+
+def _hard_sigmoid(x: Tensor) -> Tensor:
+    return x.clamp(0.0, 1.0)
+
+
+def _hard_sigmoid_(x: Tensor) -> Tensor:
+    return x.clamp_(0.0, 1.0)
+
+
+def _my_hard_sig(x: Tensor) -> Tensor:
+    return (0.5 * x).clamp(0.0, 1.0)
+
+
+def _my_hard_sig_(x: Tensor) -> Tensor:
+    return x.mul_(0.5).clamp_(0.0, 1.0)
+
+
+def _ctrd_hard_sig(x: Tensor) -> Tensor:
+    return x.clamp(-0.5, 0.5)
+
+
+def _ctrd_hard_sig_(x: Tensor) -> Tensor:
+    return x.clamp_(-0.5, 0.5)
+
+
+def _mysig(x: Tensor) -> Tensor:
+    return torch.sigmoid(4.0 * x - 2.0)
 
 
 def _mysig_(x: Tensor) -> Tensor:
     return x.mul_(4.0).sub_(2.0).sigmoid_()
 
 
+def _sigmoid_(x: Tensor) -> Tensor:
+    return x.sigmoid_()
+
+
+def _tanh_(x: Tensor) -> Tensor:
+    return x.tanh_()
+
+
+#: Activations by the name used in configs and the CLI.
 ACTIVATIONS: dict[str, Activation] = {
     a.name: a
     for a in (
+        Activation("hard_sigmoid", _hard_sigmoid, _hard_sigmoid_, "clamp(x, 0, 1)"),
         Activation(
-            "hard_sigmoid",
-            lambda x: x.clamp(0.0, 1.0),
-            lambda x: x.clamp_(0.0, 1.0),
-            "clamp(x, 0, 1)",
+            "my_hard_sig", _my_hard_sig, _my_hard_sig_, "clamp(x/2, 0, 1) (all paper CIFAR-10 runs)"
         ),
-        Activation(
-            "my_hard_sig",
-            lambda x: (0.5 * x).clamp(0.0, 1.0),
-            lambda x: x.mul_(0.5).clamp_(0.0, 1.0),
-            "clamp(x/2, 0, 1) (all paper CIFAR-10 runs)",
-        ),
-        Activation(
-            "ctrd_hard_sig",
-            lambda x: x.clamp(-0.5, 0.5),
-            lambda x: x.clamp_(-0.5, 0.5),
-            "clamp(x, -0.5, 0.5)",
-        ),
-        Activation(
-            "mysig",
-            lambda x: torch.sigmoid(4.0 * x - 2.0),
-            _mysig_,
-            "sigmoid(4x - 2)",
-        ),
+        Activation("ctrd_hard_sig", _ctrd_hard_sig, _ctrd_hard_sig_, "clamp(x, -0.5, 0.5)"),
+        Activation("mysig", _mysig, _mysig_, "sigmoid(4x - 2)"),
         Activation("sigmoid", torch.sigmoid, _sigmoid_, "logistic sigmoid"),
-        Activation("tanh", torch.tanh, lambda x: x.tanh_(), "hyperbolic tangent"),
+        Activation("tanh", torch.tanh, _tanh_, "hyperbolic tangent"),
     )
 }
 
@@ -74,10 +95,7 @@ def get_activation(name: str) -> Activation:
     """Return the activation registered as ``name``.
 
     Raises:
-        ValueError: naming the unknown value and listing the accepted names.
+        SettingError: naming the unknown value and listing the accepted names.
     """
-    try:
-        return ACTIVATIONS[name]
-    except KeyError:
-        choices = ", ".join(ACTIVATIONS)
-        raise ValueError(f"activation: unknown name {name!r}; choose one of {choices}") from None
+    check_choice(name, ACTIVATIONS, "activation")
+    return ACTIVATIONS[name]

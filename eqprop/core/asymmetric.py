@@ -15,27 +15,32 @@ where the max-pool backward P⁻¹_{n+1} scatters to the argmax of the *feedback
 conv_B(s_n). The generic solver runs these dynamics unchanged: ``forward_drive`` returns the W
 drive and, as context, that feedback argmax; ``backward_drive`` applies Bᵀ.
 
-Update rules (:data:`UPDATE_RULES`):
-
-- ``"different"`` (the spec's default): each synapse pairs its postsynaptic *nudged* state with
-  its presynaptic *free* state: ΔW_n ∝ (s^β_n − s*_n) ⊗ s*_{n−1} and
-  ΔB_{n+1} ∝ s*_{n+1} ⊗ (s^β_n − s*_n).
-- ``"same"``: the plain per-layer φ_n contrasted at the compared states, then W_n and B_n (same
-  shape) both receive the average of their two gradients (Kolen–Pollack-like).
+The update rules are objects (:data:`UPDATE_RULES`), each turning the compared phases into
+weight gradients in closed form.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from typing import Any
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from eqprop.core.interactions import ConvInteraction, ConvLayer, DenseInteraction
-from eqprop.core.network import EnergyNetwork, cat_states
+from eqprop.core.kernels import fast_layout
+from eqprop.core.network import (
+    ChainNetwork,
+    NetworkSettings,
+    Phase,
+    WeightGrads,
+    repeat_batch,
+    stack_states,
+)
+from eqprop.core.validation import check_choice
 
 __all__ = [
     "FEEDBACK_INITS",
@@ -43,12 +48,11 @@ __all__ = [
     "AsymmetricConvInteraction",
     "AsymmetricDenseInteraction",
     "AsymmetricNetwork",
+    "AsymmetricSettings",
+    "DifferentRule",
+    "SameRule",
+    "UpdateRule",
 ]
-
-UPDATE_RULES: dict[str, str] = {
-    "different": "post nudged ⊗ pre free for every synapse (spec §4 default)",
-    "same": "plain per-layer φ contrast, then W and B share the average gradient",
-}
 
 FEEDBACK_INITS: dict[str, str] = {
     "random": "a separate draw of PyTorch's default init (B starts about 90° from W)",
@@ -69,11 +73,6 @@ class AsymmetricConvInteraction(ConvInteraction):
     ``forward_drive(pre)`` = P(conv_W(pre) + b); its context is the max-pool argmax of the
     feedback map conv_B(pre) (one extra conv per step, only for max-pooled layers), which
     ``backward_drive(post, ctx)`` = conv_Bᵀ(P⁻¹(post)) needs.
-
-    Args:
-        pre_shape: presynaptic state shape (C, H, W).
-        spec: the conv layer.
-        index: layer index, for error messages.
     """
 
     def __init__(self, pre_shape: tuple[int, int, int], spec: ConvLayer, index: int = 0) -> None:
@@ -82,7 +81,7 @@ class AsymmetricConvInteraction(ConvInteraction):
         self.feedback = nn.Parameter(_default_init_like(self.conv.weight))
 
     @property
-    def forward_weight(self) -> Tensor:
+    def forward_weight(self) -> nn.Parameter:
         """The forward weight W (the feedback weight ``feedback`` has the same shape)."""
         return self.conv.weight
 
@@ -100,12 +99,18 @@ class AsymmetricConvInteraction(ConvInteraction):
         return F.max_pool2d(z, 2, 2), (argmax, zb)
 
     def backward_drive(self, post: Tensor, ctx: Any) -> Tensor:
-        g = self._unpool(post, ctx)  # scatters to the argmax of conv_B(pre) for max pool
-        s = self.spec
-        return F.conv_transpose2d(
-            g, self.feedback, stride=s.stride, padding=s.padding,
-            output_padding=self._output_padding,
-        )  # fmt: skip
+        # scatters to the argmax of conv_B(pre) for max pool
+        return self._transposed_conv(self._unpool(post, ctx), self.feedback)
+
+    def weight_grads(self, pre: Tensor, post: Tensor, ctx: Any = None) -> list[Tensor]:
+        # forward_drive's context is the *feedback* argmax: W's term takes its own.
+        return super().weight_grads(pre, post, None)
+
+    def feedback_grad(self, pre: Tensor, post: Tensor) -> Tensor:
+        """Σ over the batch of ∂⟨post, P(conv_B(pre))⟩/∂B, the pool argmax that of conv_B."""
+        with torch.no_grad():
+            ctx = self._pool_with_context(self._feedback_conv(pre.detach()))[1]
+            return self._hebbian(pre, post, ctx, self.feedback, bias=False)[0]
 
     def phi_forward(self, pre: Tensor, post: Tensor) -> Tensor:
         """⟨post, P(conv_W(pre) + b)⟩ per example, shape (B,)."""
@@ -117,24 +122,23 @@ class AsymmetricConvInteraction(ConvInteraction):
 
 
 class AsymmetricDenseInteraction(DenseInteraction):
-    """Dense interaction with feedback weights B of W's shape (out, prod(pre_shape)), no bias.
-
-    Args:
-        pre_shape: presynaptic state shape.
-        out_features: size of the postsynaptic layer.
-    """
+    """Dense interaction with feedback weights B of W's shape (out, prod(pre_shape)), no bias."""
 
     def __init__(self, pre_shape: tuple[int, ...], out_features: int) -> None:
         super().__init__(pre_shape, out_features)
         self.feedback = nn.Parameter(_default_init_like(self.linear.weight))
 
     @property
-    def forward_weight(self) -> Tensor:
+    def forward_weight(self) -> nn.Parameter:
         """The forward weight W (the feedback weight ``feedback`` has the same shape)."""
         return self.linear.weight
 
     def backward_drive(self, post: Tensor, ctx: None) -> Tensor:
         return torch.mm(post, self.feedback).view(post.shape[0], *self.pre_shape)
+
+    def feedback_grad(self, pre: Tensor, post: Tensor) -> Tensor:
+        """Σ over the batch of ∂⟨post, B·flatten(pre)⟩/∂B = postᵀ pre."""
+        return torch.mm(post.detach().t(), pre.detach().flatten(1))
 
     def phi_forward(self, pre: Tensor, post: Tensor) -> Tensor:
         """⟨post, W·flatten(pre) + b⟩ per example, shape (B,)."""
@@ -148,20 +152,130 @@ class AsymmetricDenseInteraction(DenseInteraction):
 AsymmetricInteraction = AsymmetricConvInteraction | AsymmetricDenseInteraction
 
 
-class AsymmetricNetwork(EnergyNetwork):
-    """An energy-network layout with separate, trained feedback weights (spec §4).
+# ----------------------------------------------------------------- update rules
 
-    Same layers, outputs, losses and solver interface as :class:`EnergyNetwork`; the forward
-    weights are drawn exactly as the symmetric network's (same seed, same W), then the feedback
-    weights. There is no scalar Φ, so :meth:`phi` raises; the EP update comes from
-    :meth:`ep_surrogate` and :meth:`postprocess_grads`.
+
+class UpdateRule:
+    """How an asymmetric network turns the compared phases (c_k, s_k) into weight gradients."""
+
+    name: ClassVar[str] = ""
+    description: ClassVar[str] = ""
+
+    def weight_contrast(
+        self, net: AsymmetricNetwork, x: Tensor, free: Sequence[Tensor], phases: Sequence[Phase],
+        input_ctx: Any,
+    ) -> WeightGrads:  # fmt: skip
+        """The batch-mean update of every weight of the dynamics (not the readout)."""
+        raise NotImplementedError
+
+
+class DifferentRule(UpdateRule):
+    """Each synapse pairs its postsynaptic *nudged* state with its presynaptic *free* state.
+
+    ΔW_n ∝ Σ_k c_k s_{k,n} ⊗ s*_{n−1} and ΔB_{n+1} ∝ Σ_k c_k s*_{n+1} ⊗ s_{k,n} (spec §4
+    default), each pool argmax taken at the arguments of its term.
+    """
+
+    name = "different"
+    description = "post nudged ⊗ pre free for every synapse (spec §4 default)"
+
+    def weight_contrast(
+        self, net: AsymmetricNetwork, x: Tensor, free: Sequence[Tensor], phases: Sequence[Phase],
+        input_ctx: Any,
+    ) -> WeightGrads:  # fmt: skip
+        b = x.shape[0]
+        free = [t.detach() for t in free]
+        layers = net.interactions
+        out: WeightGrads = []
+        with torch.no_grad():
+            for n, layer in enumerate(layers):
+                # The presynaptic state is s* in every phase and the term is linear in the
+                # postsynaptic state: the phases combine into one state before a single conv.
+                post = sum(s[n].detach() * (c / b) for c, s in phases)
+                pre, ctx = (fast_layout(x), input_ctx) if n == 0 else (free[n - 1], None)
+                out += layer.paired_weight_grads(pre, post, ctx)
+            w = _phase_weights(phases, x)
+            for n in range(1, len(layers)):
+                # Feedback term: the presynaptic state varies per phase and may pass a max pool
+                # (argmax at that state), so the phases are stacked along the batch instead.
+                pre = torch.cat([s[n - 1].detach() for _, s in phases], 0)
+                post = repeat_batch(free[n], len(phases)) * _per_example(w, free[n])
+                out.append((layers[n].feedback, layers[n].feedback_grad(pre, post)))
+        return out
+
+
+class SameRule(UpdateRule):
+    """The plain per-layer φ_n contrasted at the compared states; then W_n and B_n (same shape)
+    both receive the average of their two gradients (Kolen–Pollack-like)."""
+
+    name = "same"
+    description = "plain per-layer φ contrast, then W and B share the average gradient"
+
+    def weight_contrast(
+        self, net: AsymmetricNetwork, x: Tensor, free: Sequence[Tensor], phases: Sequence[Phase],
+        input_ctx: Any,
+    ) -> WeightGrads:  # fmt: skip
+        layers = net.interactions
+        with torch.no_grad():
+            # All compared states in one evaluation, stacked along the batch (the input term
+            # too: summing the phases first would round differently from the per-phase form).
+            s = stack_states([st for _, st in phases])
+            w = _phase_weights(phases, x)
+            xs = repeat_batch(fast_layout(x), len(phases))
+            out = layers[0].paired_weight_grads(xs, s[0] * _per_example(w, s[0]))
+            for n in range(1, len(layers)):
+                post = s[n] * _per_example(w, s[n])
+                g_w, g_b = layers[n].weight_grads(s[n - 1], post)
+                mean = (g_w + layers[n].feedback_grad(s[n - 1], post)).mul_(0.5)
+                layer = layers[n]
+                out += [(layer.forward_weight, mean), (layer.feedback, mean.clone()),
+                        (layer.weights()[1], g_b)]  # fmt: skip
+        return out
+
+
+def _phase_weights(phases: Sequence[Phase], x: Tensor) -> Tensor:
+    """c_k / B for every example of the phases stacked along the batch, shape (K·B,)."""
+    coefs = torch.tensor([c for c, _ in phases], dtype=x.dtype, device=x.device)
+    return coefs.repeat_interleave(x.shape[0]) / x.shape[0]
+
+
+def _per_example(w: Tensor, like: Tensor) -> Tensor:
+    return w.view(-1, *([1] * (like.dim() - 1)))
+
+
+#: Update rules of asymmetric networks by the name used in configs.
+UPDATE_RULES: dict[str, UpdateRule] = {r.name: r for r in (DifferentRule(), SameRule())}
+
+
+@dataclass(frozen=True)
+class AsymmetricSettings(NetworkSettings):
+    """:class:`~eqprop.core.network.NetworkSettings` plus the feedback weights' settings.
 
     Args:
-        input_shape, conv, dense, num_classes, output, activation: as for
-            :class:`EnergyNetwork`.
-        init_scale: as for :class:`EnergyNetwork`; a layer's factor also scales its feedback.
-        update_rule: ``"different"`` or ``"same"`` (see :data:`UPDATE_RULES`).
-        feedback_init: ``"random"`` or ``"forward"`` (see :data:`FEEDBACK_INITS`).
+        update_rule: a key of :data:`UPDATE_RULES`.
+        feedback_init: a key of :data:`FEEDBACK_INITS`.
+    """
+
+    update_rule: str = field(default="different", metadata={"choices": UPDATE_RULES})
+    feedback_init: str = field(default="random", metadata={"choices": FEEDBACK_INITS})
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check_choice(self.update_rule, UPDATE_RULES, "update_rule")
+        check_choice(self.feedback_init, FEEDBACK_INITS, "feedback_init")
+
+
+class AsymmetricNetwork(ChainNetwork):
+    """A chain network with separate, trained feedback weights (spec §4).
+
+    Same layers, outputs, losses and solver interface as
+    :class:`~eqprop.core.network.EnergyNetwork`; the forward weights are drawn exactly as the
+    symmetric network's (same seed, same W), then the feedback weights. There is no scalar Φ.
+
+    Args:
+        input_shape, conv, dense, num_classes, output, activation: as for ``EnergyNetwork``.
+        init_scale: as for ``EnergyNetwork``; a layer's factor also scales its feedback.
+        update_rule, feedback_init: see :class:`AsymmetricSettings`.
 
     Example:
         >>> net = AsymmetricNetwork((8,), dense=[6], num_classes=3, feedback_init="forward")
@@ -169,59 +283,60 @@ class AsymmetricNetwork(EnergyNetwork):
         {'layer1': 0.0}
     """
 
+    settings_class = AsymmetricSettings
+    settings: AsymmetricSettings
+
     def __init__(
         self,
         input_shape: Sequence[int],
-        conv: Sequence[ConvLayer] = (),
-        dense: Sequence[int] = (),
+        conv: Sequence[ConvLayer] = AsymmetricSettings.conv,
+        dense: Sequence[int] = AsymmetricSettings.dense,
         num_classes: int = 10,
-        output: str = "mse",
-        activation: str = "my_hard_sig",
-        init_scale: float | Sequence[float] | None = None,
-        update_rule: str = "different",
-        feedback_init: str = "random",
+        output: str = AsymmetricSettings.output,
+        activation: str = AsymmetricSettings.activation,
+        init_scale: float | Sequence[float] | None = AsymmetricSettings.init_scale,
+        update_rule: str = AsymmetricSettings.update_rule,
+        feedback_init: str = AsymmetricSettings.feedback_init,
     ) -> None:
-        if update_rule not in UPDATE_RULES:
-            raise ValueError(
-                f"update_rule: unknown rule {update_rule!r}; "
-                f"choose one of {', '.join(UPDATE_RULES)}"
-            )
-        if feedback_init not in FEEDBACK_INITS:
-            raise ValueError(
-                f"feedback_init: unknown init {feedback_init!r}; "
-                f"choose one of {', '.join(FEEDBACK_INITS)}"
-            )
-        super().__init__(input_shape, conv, dense, num_classes, output, activation, init_scale)
+        settings = AsymmetricSettings(
+            conv,
+            dense,
+            output,
+            activation,
+            init_scale,
+            update_rule,
+            feedback_init,  # type: ignore[arg-type]
+        )
+        super().__init__(input_shape, num_classes, settings)
         self.update_rule = update_rule
         self.feedback_init = feedback_init
-        # The parent validated init_scale; repeat its per-layer factors for the feedback draws.
-        if init_scale is None:
-            scales = [1.0] * self.n_layers
-        elif isinstance(init_scale, (int, float)):
-            scales = [float(init_scale)] * self.n_layers
-        else:
-            scales = [float(s) for s in init_scale]
-
+        scales = settings.layer_scales() or [1.0] * self.n_layers
         layers: list[nn.Module] = [self.interactions[0]]  # from the input: no feedback
         for n in range(1, len(self.interactions)):
-            old = self.interactions[n]
-            new: AsymmetricInteraction
-            if isinstance(old, ConvInteraction):
-                new = AsymmetricConvInteraction(old.pre_shape, old.spec, index=n)  # type: ignore[arg-type]
-            else:
-                new = AsymmetricDenseInteraction(old.pre_shape, old.post_shape[0])
-            with torch.no_grad():
-                # Keep the parent's W and b (already scaled), so W matches a symmetric net.
-                new.forward_weight.copy_(_weight_of(old))
-                _bias_of(new).copy_(_bias_of(old))
-                if feedback_init == "forward":
-                    new.feedback.copy_(new.forward_weight)
-                else:
-                    new.feedback.mul_(scales[n])
-            layers.append(new)
+            layers.append(self._with_feedback(n, scales[n]))
         self.interactions = nn.ModuleList(layers)
 
-    # ----------------------------------------------------------------- structure
+    def _with_feedback(self, n: int, scale: float) -> AsymmetricInteraction:
+        old = self.interactions[n]
+        new: AsymmetricInteraction
+        if isinstance(old, ConvInteraction):
+            new = AsymmetricConvInteraction(old.pre_shape, old.spec, index=n)  # type: ignore[arg-type]
+        else:
+            new = AsymmetricDenseInteraction(old.pre_shape, old.post_shape[0])
+        with torch.no_grad():
+            # Keep the parent's W and b (already scaled), so W matches a symmetric net.
+            for mine, theirs in zip(new.weights(), old.weights(), strict=True):  # type: ignore[operator]
+                mine.copy_(theirs)
+            if self.feedback_init == "forward":
+                new.feedback.copy_(new.forward_weight)
+            else:
+                new.feedback.mul_(scale)
+        return new
+
+    @property
+    def rule(self) -> UpdateRule:
+        """The update rule object named by :attr:`update_rule`."""
+        return UPDATE_RULES[self.update_rule]
 
     def feedback_layers(self) -> list[AsymmetricInteraction]:
         """The interactions that hold a feedback weight: 1..N−1 (index n−1 in this list)."""
@@ -236,123 +351,18 @@ class AsymmetricNetwork(EnergyNetwork):
         """
         angles: dict[str, float] = {}
         for n, layer in enumerate(self.feedback_layers(), start=1):
-            w = layer.forward_weight.flatten()
-            b = layer.feedback.flatten()
-            uw, ub = w / w.norm(), b / b.norm()
+            uw = layer.forward_weight.flatten() / layer.forward_weight.norm()
+            ub = layer.feedback.flatten() / layer.feedback.norm()
             # 2·atan2(|u−v|, |u+v|) is exact near 0° and 180°, where acos of a dot product is not.
             rad = 2.0 * torch.atan2((uw - ub).norm(), (uw + ub).norm())
             angles[f"layer{n}"] = math.degrees(float(rad))
         return angles
 
-    # ----------------------------------------------------------------- "energy" and EP
-
-    def phi(self, x: Tensor, state: Sequence[Tensor]) -> Tensor:
-        """Not defined: an asymmetric network has no scalar Φ (only per-layer φ_n).
-
-        Raises:
-            TypeError: always; use :meth:`ep_surrogate` for the update.
-        """
-        raise TypeError(
-            "AsymmetricNetwork has no scalar primitive function Φ (its forward and feedback "
-            "weights differ); each layer has its own φ_n, see eqprop.core.asymmetric"
-        )
-
-    def ep_surrogate(
-        self,
-        x: Tensor,
-        y: Tensor,
-        free_state: Sequence[Tensor],
-        nudged: Sequence[Sequence[Tensor]],
-        betas: Sequence[float],
-        coefs: Sequence[float],
-        c_free: float,
-        input_ctx: Any = None,
-    ) -> Tensor:
-        """Scalar whose θ-gradient is the asymmetric EP update (spec §4), batch mean.
-
-        ``"different"``: [Σ_k c_k Σ_n φ̃_n(s*, s_k) + c_free Σ_n φ_n(s*)] / B with the mixed
-        φ̃_n(s*, s) = ⟨s_n, P_n(W_n s*_{n−1} + b_n)⟩ + ⟨s*_{n+1}, P_{n+1}(B_{n+1} s_n)⟩
-        (s*_{−1} = x). ``"same"``: [Σ_k c_k Σ_n φ_n(s_k) + c_free Σ_n φ_n(s*)] / B. Each pool
-        argmax is taken at the arguments of its term. With a readout, the mean CE over the
-        nudged states is added, as for symmetric networks. States are treated as constants.
-        """
-        states = [list(s) for s in nudged]
-        weights = list(coefs)
-        if c_free != 0.0:
-            states.append(list(free_state))
-            weights.append(c_free)
-        if self.update_rule == "same":
-            surrogate = self._same_surrogate(x, states, weights)
-        else:
-            surrogate = self._different_surrogate(x, free_state, states, weights)
-        if self.readout is not None:
-            surrogate = surrogate + self.loss(cat_states(nudged), y.repeat(len(nudged))).mean()
-        return surrogate
-
-    def _same_surrogate(
-        self, x: Tensor, states: list[list[Tensor]], weights: list[float]
-    ) -> Tensor:
-        # All compared states in one evaluation, stacked along the batch.
-        b = x.shape[0]
-        s = cat_states(states)
-        xs = x.repeat(len(states), *([1] * (x.dim() - 1)))
-        w = torch.tensor(weights, dtype=x.dtype, device=x.device).repeat_interleave(b) / b
-        layers = self.interactions
-        total = layers[0].phi(xs, s[0])
-        for n in range(1, len(layers)):
-            total = total + layers[n].phi_forward(s[n - 1], s[n])
-            total = total + layers[n].phi_feedback(s[n - 1], s[n])
-        return (w * total).sum()
-
-    def _different_surrogate(
-        self,
-        x: Tensor,
-        free_state: Sequence[Tensor],
-        states: list[list[Tensor]],
-        weights: list[float],
-    ) -> Tensor:
-        b = x.shape[0]
-        free = [t.detach() for t in free_state]
-        layers = self.interactions
-        surrogate = x.new_zeros(())
-        for n, layer in enumerate(layers):
-            # Forward term: the presynaptic state is s* in every phase and φ is linear in the
-            # postsynaptic state, so the phases combine into one state before a single conv.
-            post = states[0][n].detach() * (weights[0] / b)
-            for c, s in zip(weights[1:], states[1:], strict=True):
-                post = post + s[n].detach() * (c / b)
-            pre = x if n == 0 else free[n - 1]
-            surrogate = surrogate + layer.phi(pre, post).sum()
-        w = torch.tensor(weights, dtype=x.dtype, device=x.device).repeat_interleave(b) / b
-        k = len(states)
-        for n in range(1, len(layers)):
-            # Feedback term: the presynaptic state varies per phase and may pass a max pool
-            # (argmax at that state), so the phases are stacked along the batch instead.
-            pre = torch.cat([s[n - 1].detach() for s in states], 0)
-            post = free[n].repeat(k, *([1] * (free[n].dim() - 1)))
-            surrogate = surrogate + (w * layers[n].phi_feedback(pre, post)).sum()
-        return surrogate
-
-    def postprocess_grads(self) -> None:
-        """``"same"`` rule: give W_n and its feedback weight the average of their gradients.
-
-        Averaging is linear, so accumulating several estimates before or after it gives the
-        same result as long as nothing else writes those gradients unevenly.
-        """
-        if self.update_rule != "same":
-            return
-        with torch.no_grad():
-            for layer in self.feedback_layers():
-                pair = (layer.forward_weight, layer.feedback)
-                grads = [p.grad for p in pair if p.grad is not None]
-                if not grads:
-                    continue
-                mean = (grads[0] + grads[1] if len(grads) == 2 else grads[0]).mul(0.5)
-                for p in pair:
-                    if p.grad is None:
-                        p.grad = mean.clone()
-                    else:
-                        p.grad.copy_(mean)
+    def weight_contrast(
+        self, x: Tensor, free_state: Sequence[Tensor], phases: Sequence[Phase], input_ctx: Any
+    ) -> WeightGrads:
+        """The update rule's contrast (see :data:`UPDATE_RULES`)."""
+        return self.rule.weight_contrast(self, x, free_state, phases, input_ctx)
 
     def extra_repr(self) -> str:
         return (
@@ -367,11 +377,3 @@ class AsymmetricNetwork(EnergyNetwork):
             "update_rule": self.update_rule,
             "feedback_init": self.feedback_init,
         }
-
-
-def _weight_of(layer: nn.Module) -> Tensor:
-    return layer.conv.weight if isinstance(layer, ConvInteraction) else layer.linear.weight  # type: ignore[union-attr,return-value]
-
-
-def _bias_of(layer: nn.Module) -> Tensor:
-    return layer.conv.bias if isinstance(layer, ConvInteraction) else layer.linear.bias  # type: ignore[union-attr,return-value]

@@ -1,4 +1,4 @@
-"""Bilinear interaction terms of the primitive function Φ and their closed-form gradients.
+"""Bilinear interaction terms of the primitive function Φ and their closed forms.
 
 Spec §1. An interaction couples a presynaptic state ``pre`` (layer n−1, or the input) to a
 postsynaptic state ``post`` (layer n):
@@ -8,24 +8,27 @@ postsynaptic state ``post`` (layer n):
 
 Each interaction gives, without autograd,
 
-- ``forward_drive(pre)``  = ∂φ/∂post, plus a context (the max-pool argmax of the current
+- ``forward_drive(pre)`` = ∂φ/∂post, plus a context (the max-pool argmax of the current
   pre-pool map) that the matching backward call reuses;
-- ``backward_drive(post, ctx)`` = ∂φ/∂pre: the transposed map applied to the pool's backward
-  (max-unpooling at the argmax, or spreading ¼ for avg pool).
+- ``backward_drive(post, ctx)`` = ∂φ/∂pre: the transposed map applied to the pool's backward;
+- ``weight_grads(pre, post)`` = Σ over the batch of ∂φ/∂θ at fixed states, aligned with
+  ``weights()``: the local Hebbian product post ⊗ pre that EP's update is made of.
 
-``phi(pre, post)`` is the plain, differentiable per-example value, used for the weight
-gradient of EP and by the references.
+``phi(pre, post)`` is the plain, differentiable per-example value, used by the references.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+from eqprop.core.kernels import conv_param_grads, fast_layout, max_pool_scatter
+from eqprop.core.validation import check_choice, check_int
 
 __all__ = [
     "POOLS",
@@ -36,57 +39,53 @@ __all__ = [
     "fast_layout",
 ]
 
+#: Pooling after a conv layer, by the letter used in configs.
 POOLS: dict[str, str] = {"m": "max pool 2x2", "a": "average pool 2x2", "i": "no pooling"}
-
-
-def fast_layout(t: Tensor) -> Tensor:
-    """``t`` in channels-last strides when it is 4-D (image maps and conv weights), else ``t``.
-
-    Convolutions and pooling run several times faster in that layout on CPU and GPU.
-    """
-    if t.dim() != 4:
-        return t
-    out = torch.empty_like(t, memory_format=torch.channels_last)
-    if out.stride() == t.stride():
-        return t
-    # Not t.contiguous(memory_format=...): with one channel that keeps the NCHW strides (they
-    # count as channels-last too), and convolutions of such a tensor then return NCHW maps,
-    # whose max pooling is about 9x slower on CPU.
-    return out.copy_(t)
 
 
 @dataclass(frozen=True)
 class ConvLayer:
-    """Specification of one convolutional layer of an energy network.
+    """One convolutional layer of an energy network; its neurons live in the pooled space.
+
+    Also the ``model.conv[i]`` config section: each default is written here only.
 
     Args:
         channels: output channels.
         kernel: square kernel size.
         stride: convolution stride.
-        padding: zero padding of the convolution.
-        pool: ``"m"`` (max 2×2), ``"a"`` (avg 2×2) or ``"i"`` (none), applied after the conv.
+        padding: zero padding on each side.
+        pool: a key of :data:`POOLS`: ``m`` 2×2 max pool, ``a`` 2×2 average pool, ``i`` none.
+
+    Example:
+        >>> ConvLayer(32, kernel=5).output_hw(28, 28)
+        (12, 12)
     """
 
     channels: int
-    kernel: int = 3
+    kernel: int = field(default=3)
     stride: int = 1
     padding: int = 0
-    pool: str = "m"
+    pool: str = field(default="m", metadata={"choices": POOLS})
 
     def __post_init__(self) -> None:
         for name in ("channels", "kernel", "stride"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or value < 1:
-                raise ValueError(f"conv layer {name}: {value!r} is not valid; expected an int >= 1")
-        if not isinstance(self.padding, int) or self.padding < 0:
-            raise ValueError(
-                f"conv layer padding: {self.padding!r} is not valid; expected an int >= 0"
-            )
-        if self.pool not in POOLS:
-            choices = ", ".join(f"{k!r} ({v})" for k, v in POOLS.items())
-            raise ValueError(
-                f"conv layer pool: unknown pooling {self.pool!r}; choose one of {choices}"
-            )
+            check_int(getattr(self, name), name, 1)
+        check_int(self.padding, "padding", 0)
+        check_choice(self.pool, POOLS, "pool")
+
+    def conv_hw(self, h: int, w: int) -> tuple[int, int]:
+        """Height and width of the convolution's output (before pooling) for an h×w input."""
+        k, s, p = self.kernel, self.stride, self.padding
+        return (h + 2 * p - k) // s + 1, (w + 2 * p - k) // s + 1
+
+    def output_hw(self, h: int, w: int) -> tuple[int, int]:
+        """Height and width of this layer's (pooled) state for an h×w input."""
+        ch, cw = self.conv_hw(h, w)
+        return (ch // 2, cw // 2) if self.pool != "i" else (ch, cw)
+
+    def output_side(self, side: int) -> int:
+        """Side of this layer's (pooled) state for a square input of side ``side``."""
+        return self.output_hw(side, side)[0]
 
 
 class Interaction(nn.Module):
@@ -107,20 +106,24 @@ class Interaction(nn.Module):
         """Differentiable per-example value of the term, shape (B,)."""
         raise NotImplementedError
 
-    def hebbian(self, pre: Tensor, post: Tensor, ctx: Any = None) -> Tensor:
-        """Σ over the batch of φ(pre, post) as a scalar whose θ-gradient is the Hebbian product.
+    def weights(self) -> list[nn.Parameter]:
+        """The parameters of φ, in the order of :meth:`weight_grads`."""
+        raise NotImplementedError
 
-        States are constants here (EP's weight update). Subclasses build the value from the
-        gradient itself, which is cheaper than differentiating φ. ``ctx``: the context of
-        ``forward_drive(pre)`` when the caller has it (e.g. the input drive's pool argmax).
+    def weight_grads(self, pre: Tensor, post: Tensor, ctx: Any = None) -> list[Tensor]:
+        """Σ over the batch of ∂φ(pre, post)/∂θ at fixed states, one tensor per weight.
+
+        φ is linear in θ for a fixed pool argmax, so this is the Hebbian product post ⊗ pre
+        (routed through the argmax of the pre-pool map conv(pre) for max-pooled layers).
+        ``ctx``: the context of ``forward_drive(pre)`` when the caller has it.
         """
-        return self.phi(pre.detach(), post.detach()).sum()
+        raise NotImplementedError
 
-    def scale_(self, factor: float) -> None:
-        """Multiply weight and bias by ``factor`` (the paper's scaled initialisation)."""
-        with torch.no_grad():
-            for p in self.parameters():
-                p.mul_(factor)
+    def paired_weight_grads(
+        self, pre: Tensor, post: Tensor, ctx: Any = None
+    ) -> list[tuple[nn.Parameter, Tensor]]:
+        """:meth:`weight_grads` as (parameter, gradient) pairs."""
+        return list(zip(self.weights(), self.weight_grads(pre, post, ctx), strict=True))
 
 
 class DenseInteraction(Interaction):
@@ -142,14 +145,13 @@ class DenseInteraction(Interaction):
     def phi(self, pre: Tensor, post: Tensor) -> Tensor:
         return (post * self.linear(pre.flatten(1))).sum(1)
 
-    def hebbian(self, pre: Tensor, post: Tensor, ctx: Any = None) -> Tensor:
-        # Σ_b ⟨post_b, W pre_b + b⟩ = ⟨W, postᵀ pre⟩ + ⟨b, Σ_b post_b⟩: one matmul gives both the
-        # value and the gradient (postᵀ pre), where autograd of φ would add a forward matmul.
-        with torch.no_grad():
-            post = post.detach()
-            g_w = torch.mm(post.t(), pre.detach().flatten(1))
-            g_b = post.sum(0)
-        return (self.linear.weight * g_w).sum() + (self.linear.bias * g_b).sum()
+    def weights(self) -> list[nn.Parameter]:
+        return [self.linear.weight, self.linear.bias]
+
+    def weight_grads(self, pre: Tensor, post: Tensor, ctx: Any = None) -> list[Tensor]:
+        # Σ_b ⟨post_b, W pre_b + b⟩: ∂/∂W = postᵀ pre (one matmul), ∂/∂b = Σ_b post_b.
+        post = post.detach()
+        return [torch.mm(post.t(), pre.detach().flatten(1)), post.sum(0)]
 
 
 class ConvInteraction(Interaction):
@@ -164,15 +166,14 @@ class ConvInteraction(Interaction):
         # Channels-last weights, like the states (see EnergyNetwork.zero_state): oneDNN and
         # cuDNN then skip a layout conversion of the weight at every conv call.
         self.conv.weight.data = fast_layout(self.conv.weight.data)
-        ch = (h + 2 * spec.padding - spec.kernel) // spec.stride + 1
-        cw = (w + 2 * spec.padding - spec.kernel) // spec.stride + 1
+        ch, cw = spec.conv_hw(h, w)
         if ch < 1 or cw < 1:
             raise ValueError(
                 f"conv layer {index}: input {h}x{w} with kernel {spec.kernel}, stride "
                 f"{spec.stride}, padding {spec.padding} gives an empty {ch}x{cw} output"
             )
         self.conv_hw = (ch, cw)
-        ph, pw = (ch // 2, cw // 2) if spec.pool in ("m", "a") else (ch, cw)
+        ph, pw = spec.output_hw(h, w)
         if ph < 1 or pw < 1:
             raise ValueError(
                 f"conv layer {index}: the {ch}x{cw} conv output is too small for 2x2 pooling"
@@ -192,55 +193,55 @@ class ConvInteraction(Interaction):
             return F.avg_pool2d(pre_pool, 2, 2)
         return pre_pool
 
-    def forward_drive(self, pre: Tensor) -> tuple[Tensor, Any]:
-        z = self.conv(pre)  # (B, C_out, ch, cw)
+    def _pool_with_context(self, z: Tensor) -> tuple[Tensor, Any]:
+        """P(z) and what the pool's transpose needs: (argmax, z) for max pool, else None."""
         if self.spec.pool == "m":
             pooled, argmax = F.max_pool2d(z, 2, 2, return_indices=True)
             return pooled, (argmax, z)
-        if self.spec.pool == "a":
-            return F.avg_pool2d(z, 2, 2), None
-        return z, None
+        return self._pool(z), None
+
+    def forward_drive(self, pre: Tensor) -> tuple[Tensor, Any]:
+        return self._pool_with_context(self.conv(pre))
 
     def _unpool(self, post: Tensor, ctx: Any) -> Tensor:
-        ch, cw = self.conv_hw
+        """The pool's transpose: ``post`` back in the conv output's space."""
         if self.spec.pool == "m":
             argmax, z = ctx
-            # Max-pool's backward scatters post to the argmax of the current pre-pool map z. It
-            # is the same map as max_unpool2d, many times faster on CPU, and keeps z's layout.
-            return torch.ops.aten.max_pool2d_with_indices_backward(
-                post.to(z.dtype), z, [2, 2], [2, 2], [0, 0], [1, 1], False, argmax
-            )  # (z is bf16 under autocast while states stay float32)
+            return max_pool_scatter(post, z, argmax)
         if self.spec.pool == "a":
+            ch, cw = self.conv_hw
             up = post.repeat_interleave(2, dim=2).repeat_interleave(2, dim=3).mul_(0.25)
             if up.shape[-2:] != (ch, cw):  # odd conv output: the last row/column is not pooled
                 up = F.pad(up, (0, cw - up.shape[-1], 0, ch - up.shape[-2]))
             return up
         return post
 
-    def backward_drive(self, post: Tensor, ctx: Any) -> Tensor:
-        g = self._unpool(post, ctx)
+    def _transposed_conv(self, g: Tensor, weight: Tensor) -> Tensor:
         s = self.spec
         return F.conv_transpose2d(
-            g, self.conv.weight, stride=s.stride, padding=s.padding,
-            output_padding=self._output_padding,
-        )  # fmt: skip
+            g, weight, stride=s.stride, padding=s.padding, output_padding=self._output_padding
+        )
 
-    def hebbian(self, pre: Tensor, post: Tensor, ctx: Any = None) -> Tensor:
+    def backward_drive(self, post: Tensor, ctx: Any) -> Tensor:
+        return self._transposed_conv(self._unpool(post, ctx), self.conv.weight)
+
+    def weights(self) -> list[nn.Parameter]:
+        return [self.conv.weight, self.conv.bias]
+
+    def _hebbian(self, pre: Tensor, post: Tensor, ctx: Any, weight: Tensor, bias: bool):
         # For a fixed pool argmax, φ = ⟨u, conv(pre, W) + b⟩ with u the unpooled post: linear in
-        # (W, b). One weight-gradient convolution gives ∂φ/∂W and ∂φ/∂b, and the value is
-        # ⟨W, ∂φ/∂W⟩ + ⟨b, ∂φ/∂b⟩: no graph through the conv and the pool.
+        # (W, b). One weight-gradient convolution gives both, with no graph through the pool.
+        u = self._unpool(post.detach(), ctx).to(pre.dtype)
         s = self.spec
+        return conv_param_grads(u, pre.detach(), weight, s.stride, s.padding, bias)
+
+    def weight_grads(self, pre: Tensor, post: Tensor, ctx: Any = None) -> list[Tensor]:
         with torch.no_grad():
-            pre, post = pre.detach(), post.detach()
-            if ctx is None:
-                ctx = self.forward_drive(pre)[1]
-            u = self._unpool(post, ctx).to(pre.dtype)
-            w = self.conv.weight
-            _, g_w, g_b = torch.ops.aten.convolution_backward(
-                u, pre, w, [w.shape[0]], [s.stride] * 2, [s.padding] * 2, [1, 1], False,
-                [0, 0], 1, [False, True, True],
-            )  # fmt: skip
-        return (w * g_w).sum() + (self.conv.bias * g_b).sum()
+            if ctx is None:  # the argmax of this term's own pre-pool map conv_W(pre)
+                ctx = self._pool_with_context(self.conv(pre.detach()))[1]
+            g_w, g_b = self._hebbian(pre, post, ctx, self.conv.weight, bias=True)
+        assert g_b is not None
+        return [g_w, g_b]
 
     def phi(self, pre: Tensor, post: Tensor) -> Tensor:
         # sum over (C, H, W), not flatten(1).sum(1): flatten copies channels-last maps to NCHW,

@@ -1,141 +1,208 @@
-"""Energy networks with symmetric weights (spec §1 and §3).
+"""Chain networks: the states, inputs, losses and nudging shared by every network kind, and the
+energy network with symmetric weights (spec §1 and §3).
 
-A network is a chain of states s_1..s_N driven by a clamped input x. Its primitive function is
+A network is a chain of states s_1..s_N driven by a clamped input x, with one interaction per
+layer. The energy network's primitive function is
 
     Φ(x, s, θ) = Σ_n φ_n(s_{n−1}, s_n),  s_0 = x,
 
-one bilinear interaction per layer, and the dynamics are s ← σ(∂Φ/∂s − β ∂L/∂s).
-
-Two output kinds (spec §3):
+and the dynamics are s ← σ(∂Φ/∂s − β ∂L/∂s). Two output kinds (spec §3):
 
 - ``"mse"``: the last state is a dynamical output layer of ``num_classes`` units and
   L = ½‖s_N − onehot(y)‖²;
 - ``"ce"``: the states are hidden layers only and a linear readout outside Φ gives
   L = CE(W_out s_N + b_out, y).
+
+``net(x)`` returns the logits at the free equilibrium, relaxed by ``net.relaxation`` (any object
+with a ``free_state(net, x)`` method; :mod:`eqprop.dynamics` installs a default on import, since
+this layer may not import it).
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from typing import Any
+from dataclasses import dataclass, field, fields
+from typing import Any, ClassVar, Protocol
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from eqprop.core.activations import Activation, get_activation
-from eqprop.core.interactions import (
-    ConvInteraction,
-    ConvLayer,
-    DenseInteraction,
-    Interaction,
-)
-from eqprop.core.interactions import fast_layout as _fast_layout
+from eqprop.core.activations import ACTIVATIONS, Activation, get_activation
+from eqprop.core.interactions import ConvInteraction, ConvLayer, DenseInteraction, Interaction
+from eqprop.core.kernels import fast_layout
+from eqprop.core.validation import SettingError, check_choice, check_int, invalid
 
-__all__ = ["OUTPUTS", "EnergyNetwork"]
+__all__ = [
+    "OUTPUTS",
+    "ChainNetwork",
+    "EnergyNetwork",
+    "NetworkSettings",
+    "Phase",
+    "Relaxation",
+    "State",
+    "WeightGrads",
+    "repeat_batch",
+    "stack_states",
+]
 
+#: Output kinds by the name used in configs.
 OUTPUTS: dict[str, str] = {
     "mse": "dynamical output layer, squared error",
     "ce": "linear readout outside the energy, cross-entropy",
 }
 
 State = list[Tensor]
+#: A compared state and its coefficient c_k in the EP update Σ_k c_k ∂Φ/∂θ(s_k).
+Phase = tuple[float, Sequence[Tensor]]
+#: (parameter, gradient) pairs, the form in which closed-form updates are handed out.
+WeightGrads = list[tuple[nn.Parameter, Tensor]]
 
 
-def cat_states(states: Sequence[Sequence[Tensor]]) -> State:
-    """Concatenate several states layer by layer along the batch dimension."""
+def stack_states(states: Sequence[Sequence[Tensor]]) -> State:
+    """Concatenate several states layer by layer along the batch dimension (detached)."""
     return [torch.cat([s.detach() for s in layer], 0) for layer in zip(*states, strict=True)]
 
 
-class EnergyNetwork(nn.Module):
-    """A convergent recurrent network with symmetric weights: conv layers, then dense layers.
+def repeat_batch(t: Tensor, k: int) -> Tensor:
+    """``t`` repeated ``k`` times along the batch dimension (phases relaxed as one batch)."""
+    return t.repeat(k, *([1] * (t.dim() - 1)))
+
+
+@dataclass(frozen=True)
+class NetworkSettings:
+    """The architecture of a chain network; also the ``model`` config section's base.
 
     Args:
-        input_shape: shape of one input, ``(C, H, W)`` or ``(D,)`` for dense-only nets.
-        conv: conv layers, applied first (requires an image input).
+        conv: conv layers, input side first (requires an image input).
         dense: sizes of the hidden dense layers after the conv stack.
-        num_classes: number of classes.
-        output: ``"mse"`` or ``"ce"`` (see module docstring).
-        activation: name of σ (see :data:`eqprop.core.activations.ACTIVATIONS`).
-        init_scale: factor applied to PyTorch's default initialisation, one float for all
-            weight layers or one per layer (``n_layers`` entries).
-
-    Example:
-        >>> net = EnergyNetwork((784,), dense=[512], num_classes=10)
-        >>> [tuple(s) for s in net.state_shapes]
-        [(512,), (10,)]
+        output: a key of :data:`OUTPUTS`.
+        activation: a key of :data:`~eqprop.core.activations.ACTIVATIONS`.
+        init_scale: factor on PyTorch's default initialisation, one for all weight layers or
+            one per weight layer; None keeps the default.
     """
+
+    conv: tuple[ConvLayer, ...] = ()
+    dense: tuple[int, ...] = ()
+    output: str = field(default="mse", metadata={"choices": OUTPUTS})
+    activation: str = field(default="my_hard_sig", metadata={"choices": ACTIVATIONS})
+    init_scale: float | tuple[float, ...] | None = None
+
+    def __post_init__(self) -> None:
+        # Lists are accepted from Python callers; the stored form is hashable tuples.
+        object.__setattr__(self, "conv", tuple(self.conv))
+        object.__setattr__(self, "dense", tuple(self.dense))
+        if isinstance(self.init_scale, list):
+            object.__setattr__(self, "init_scale", tuple(self.init_scale))
+        for i, size in enumerate(self.dense):
+            check_int(size, f"dense[{i}]", 1)
+        for i, layer in enumerate(self.conv):
+            if not isinstance(layer, ConvLayer):
+                raise invalid(layer, "a ConvLayer", f"conv[{i}]")
+        if not self.conv and not self.dense:
+            raise SettingError(
+                "conv and dense are both empty; expected at least one hidden layer in either"
+            )
+        check_choice(self.output, OUTPUTS, "output")
+        check_choice(self.activation, ACTIVATIONS, "activation")
+        self.layer_scales()
+
+    @property
+    def n_layers(self) -> int:
+        """Number of weight layers: conv, dense and the final map (output layer or readout)."""
+        return len(self.conv) + len(self.dense) + 1
+
+    def layer_scales(self) -> list[float] | None:
+        """One init factor per weight layer, or None for PyTorch's default init."""
+        scale, n = self.init_scale, self.n_layers
+        if scale is None:
+            return None
+        scales = list(scale) if isinstance(scale, tuple) else [scale] * n
+        if len(scales) != n:
+            raise invalid(scale, f"a number or {n} numbers, one per weight layer", "init_scale")
+        for i, s in enumerate(scales):
+            if isinstance(s, bool) or not isinstance(s, (int, float)) or not s > 0:
+                where = f"init_scale[{i}]" if isinstance(scale, tuple) else "init_scale"
+                raise invalid(s, "a number > 0", where)
+        return [float(s) for s in scales]
+
+
+class Relaxation(Protocol):
+    """What ``net(x)`` relaxes with: the free equilibrium of a batch."""
+
+    def free_state(self, net: ChainNetwork, x: Tensor) -> State: ...
+
+
+#: Installed by :mod:`eqprop.dynamics` on import; used by ``net(x)`` when ``net.relaxation`` is
+#: None.
+default_relaxation: list[Relaxation] = []
+
+
+class ChainNetwork(nn.Module):
+    """What every chain network shares: layers, inputs, the loss, the nudge and the readout.
+
+    Subclasses add how weights enter the dynamics and the EP update
+    (:meth:`weight_contrast`). See :class:`EnergyNetwork` for the arguments.
+    """
+
+    settings_class: ClassVar[type[NetworkSettings]] = NetworkSettings
 
     def __init__(
         self,
         input_shape: Sequence[int],
-        conv: Sequence[ConvLayer] = (),
-        dense: Sequence[int] = (),
-        num_classes: int = 10,
-        output: str = "mse",
-        activation: str = "my_hard_sig",
-        init_scale: float | Sequence[float] | None = None,
+        num_classes: int,
+        settings: NetworkSettings,
     ) -> None:
         super().__init__()
-        if output not in OUTPUTS:
-            raise ValueError(f"output: unknown kind {output!r}; choose one of {', '.join(OUTPUTS)}")
-        if not isinstance(num_classes, int) or num_classes < 2:
-            raise ValueError(f"num_classes: {num_classes!r} is not valid; expected an int >= 2")
+        if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 2:
+            raise invalid(num_classes, "an int >= 2", "num_classes")
         input_shape = tuple(int(d) for d in input_shape)
         if not input_shape or any(d < 1 for d in input_shape):
-            raise ValueError(f"input_shape: {input_shape!r} is not a valid shape")
-        if conv and len(input_shape) != 3:
-            raise ValueError(
-                f"input_shape: conv layers need an image input (C, H, W), got {input_shape}"
+            raise invalid(input_shape, "a shape of positive sizes", "input_shape")
+        if settings.conv and len(input_shape) != 3:
+            raise SettingError(
+                f"conv layers need an image input (C, H, W), got {input_shape}", "input_shape"
             )
-        if not conv and not dense:
-            raise ValueError("network: needs at least one hidden layer (conv or dense)")
-        for i, size in enumerate(dense):
-            if not isinstance(size, int) or size < 1:
-                raise ValueError(f"dense[{i}]: {size!r} is not valid; expected an int >= 1")
+        self.settings = settings
         self.input_shape = input_shape
         self.num_classes = num_classes
-        self.output = output
-        self.activation: Activation = get_activation(activation)
-
+        self.output = settings.output
+        self.activation: Activation = get_activation(settings.activation)
+        self.relaxation: Relaxation | None = None
         layers: list[Interaction] = []
         shape: tuple[int, ...] = input_shape
-        for i, spec in enumerate(conv):
-            if isinstance(spec, dict):
-                spec = ConvLayer(**spec)
-            layer = ConvInteraction(shape, spec, index=i)  # type: ignore[arg-type]
-            layers.append(layer)
-            shape = layer.post_shape
-        sizes = [*dense, num_classes] if output == "mse" else list(dense)
+        for i, spec in enumerate(settings.conv):
+            layers.append(ConvInteraction(shape, spec, index=i))  # type: ignore[arg-type]
+            shape = layers[-1].post_shape
+        sizes = [*settings.dense, num_classes] if self.output == "mse" else list(settings.dense)
         for size in sizes:
             layers.append(DenseInteraction(shape, size))
             shape = (size,)
         self.interactions = nn.ModuleList(layers)
-        self.readout = nn.Linear(math.prod(shape), num_classes) if output == "ce" else None
-
-        if init_scale is not None:
-            scales = (
-                [float(init_scale)] * self.n_layers
-                if isinstance(init_scale, (int, float))
-                else [float(s) for s in init_scale]
-            )
-            if len(scales) != self.n_layers:
-                raise ValueError(
-                    f"init_scale: got {len(scales)} factors, expected 1 or {self.n_layers} "
-                    "(one per weight layer)"
-                )
-            for layer, factor in zip(self.weight_layers(), scales, strict=True):
-                with torch.no_grad():
+        self.readout = nn.Linear(math.prod(shape), num_classes) if self.output == "ce" else None
+        scales = settings.layer_scales()
+        if scales is not None:
+            with torch.no_grad():
+                for layer, factor in zip(self.weight_layers(), scales, strict=True):
                     for p in layer.parameters():
                         p.mul_(factor)
+
+    @classmethod
+    def from_settings(
+        cls, input_shape: Sequence[int], num_classes: int, settings: NetworkSettings
+    ) -> ChainNetwork:
+        """Build from any settings object with at least this class's settings fields."""
+        names = [f.name for f in fields(cls.settings_class)]
+        kwargs = {name: getattr(settings, name) for name in names}
+        return cls(input_shape, num_classes=num_classes, **kwargs)  # type: ignore[call-arg]
 
     # ----------------------------------------------------------------- structure
 
     @property
     def state_shapes(self) -> list[tuple[int, ...]]:
         """Per-example shape of each state s_1..s_N."""
-        return [layer.post_shape for layer in self.interactions]
+        return [layer.post_shape for layer in self.interactions]  # type: ignore[misc]
 
     @property
     def n_layers(self) -> int:
@@ -154,7 +221,7 @@ class EnergyNetwork(nn.Module):
             layers.append(self.readout)
         return layers
 
-    # ----------------------------------------------------------------- inputs
+    # ----------------------------------------------------------------- inputs and states
 
     def check_input(self, x: Tensor, y: Tensor | None = None) -> tuple[Tensor, Tensor | None]:
         """Validate a batch and move it to the parameters' device and dtype.
@@ -166,53 +233,50 @@ class EnergyNetwork(nn.Module):
         """
         ref = next(self.parameters())
         expected = self.input_shape
+        want = f"(B, {', '.join(map(str, expected))})"
         if not isinstance(x, Tensor):
             raise TypeError(f"input: expected a torch.Tensor, got {type(x).__name__}")
         shape = tuple(x.shape[1:])
         if x.dim() < 2 or x.shape[0] < 1:
-            raise ValueError(
-                f"input: expected a batch of shape (B, {', '.join(map(str, expected))}), "
-                f"got {tuple(x.shape)}"
-            )
+            raise ValueError(f"input: expected a batch of shape {want}, got {tuple(x.shape)}")
         if shape != expected:
             if len(expected) == 1 and math.prod(shape) == expected[0]:
                 x = x.flatten(1)
             elif len(expected) == 3 and len(shape) == 3 and shape[0] != expected[0]:
                 raise ValueError(
                     f"input: expected {expected[0]} channels, got {shape[0]} "
-                    f"(input shape {tuple(x.shape)}, expected (B, {', '.join(map(str, expected))}))"
+                    f"(input shape {tuple(x.shape)}, expected {want})"
                 )
             else:
-                raise ValueError(
-                    f"input: expected shape (B, {', '.join(map(str, expected))}), "
-                    f"got {tuple(x.shape)}"
-                )
+                raise ValueError(f"input: expected shape {want}, got {tuple(x.shape)}")
         x = x.to(device=ref.device, dtype=ref.dtype)
-        if y is not None:
-            if not isinstance(y, Tensor) or y.dim() != 1 or y.shape[0] != x.shape[0]:
-                got = tuple(y.shape) if isinstance(y, Tensor) else type(y).__name__
-                raise ValueError(f"labels: expected shape ({x.shape[0]},), got {got}")
-            if y.dtype.is_floating_point or y.dtype == torch.bool:
-                raise ValueError(f"labels: expected integer class indices, got dtype {y.dtype}")
-            y = y.to(device=ref.device, dtype=torch.long)
-            lo, hi = int(y.min()), int(y.max())
-            if lo < 0 or hi >= self.num_classes:
-                bad = lo if lo < 0 else hi
-                raise ValueError(
-                    f"labels: value {bad} is out of range; expected 0..{self.num_classes - 1}"
-                )
-        return x, y
+        return x, (None if y is None else self._check_labels(y, x.shape[0], ref.device))
+
+    def _check_labels(self, y: Tensor, batch: int, device: torch.device) -> Tensor:
+        if not isinstance(y, Tensor) or y.dim() != 1 or y.shape[0] != batch:
+            got = tuple(y.shape) if isinstance(y, Tensor) else type(y).__name__
+            raise ValueError(f"labels: expected shape ({batch},), got {got}")
+        if y.dtype.is_floating_point or y.dtype == torch.bool:
+            raise ValueError(f"labels: expected integer class indices, got dtype {y.dtype}")
+        y = y.to(device=device, dtype=torch.long)
+        lo, hi = int(y.min()), int(y.max())
+        if lo < 0 or hi >= self.num_classes:
+            bad = lo if lo < 0 else hi
+            raise ValueError(
+                f"labels: value {bad} is out of range; expected 0..{self.num_classes - 1}"
+            )
+        return y
 
     def input_drive(self, x: Tensor) -> Tensor:
         """The constant drive of the first layer, P(conv_1(x) + b_1): computed once per batch."""
         return self.input_drive_with_context(x)[0]
 
     def input_drive_with_context(self, x: Tensor) -> tuple[Tensor, Any]:
-        """:meth:`input_drive` and the first layer's context (pool argmax), for
-        :meth:`ep_surrogate`, which then need not convolve the input again."""
+        """:meth:`input_drive` and the first layer's context (pool argmax), which the EP
+        update reuses instead of convolving the input again."""
         with torch.no_grad():
-            drive, ctx = self.interactions[0].forward_drive(_fast_layout(x))
-            return _fast_layout(drive), ctx
+            drive, ctx = self.interactions[0].forward_drive(fast_layout(x))
+            return fast_layout(drive), ctx
 
     def zero_state(self, batch: int) -> State:
         """All-zero states for a batch (the paper's starting point).
@@ -221,59 +285,9 @@ class EnergyNetwork(nn.Module):
         faster in that layout on CPU and GPU, and it propagates through the dynamics.
         """
         ref = next(self.parameters())
-        return [_fast_layout(ref.new_zeros((batch, *shape))) for shape in self.state_shapes]
+        return [fast_layout(ref.new_zeros((batch, *shape))) for shape in self.state_shapes]
 
-    # ----------------------------------------------------------------- energy and loss
-
-    def phi(self, x: Tensor, state: Sequence[Tensor]) -> Tensor:
-        """Differentiable Φ(x, s, θ) per example, shape (B,); the loss term is not included."""
-        total = self.interactions[0].phi(x, state[0])
-        for n in range(1, len(self.interactions)):
-            total = total + self.interactions[n].phi(state[n - 1], state[n])
-        return total
-
-    def ep_surrogate(
-        self,
-        x: Tensor,
-        y: Tensor,
-        free_state: Sequence[Tensor],
-        nudged: Sequence[Sequence[Tensor]],
-        betas: Sequence[float],
-        coefs: Sequence[float],
-        c_free: float,
-        input_ctx: Any = None,
-    ) -> Tensor:
-        """Scalar whose θ-gradient is the EP update: [Σ_k c_k Φ(s_k) + c_free Φ(s*)] / B.
-
-        Φ is bilinear, so its θ-gradient at fixed states is the local Hebbian contrast
-        post ⊗ pre (:meth:`Interaction.hebbian`). The compared states go through one
-        evaluation, stacked along the batch (each example's weight c_k / B folded into its
-        postsynaptic state, Φ being linear in it), except the input term, evaluated once on the
-        combined s_1 (with ``input_ctx``, from :meth:`input_drive_with_context`, reused).
-        With a readout, the mean CE over the nudged states is added: its gradient is the
-        readout's update (spec §3). States are treated as constants.
-        """
-        states = [list(s) for s in nudged]
-        weights = list(coefs)
-        if c_free != 0.0:
-            states.append(list(free_state))
-            weights.append(c_free)
-        b = x.shape[0]
-        # φ_1 = ⟨s_1, P(conv(x))⟩ is linear in s_1 and x is shared: combine the states first.
-        first = sum(c * s[0].detach() for c, s in zip(weights, states, strict=True)) / b
-        surrogate = self.interactions[0].hebbian(_fast_layout(x), first, input_ctx)
-        if len(self.interactions) > 1:
-            stacked = cat_states(states)
-            w = torch.tensor(weights, dtype=x.dtype, device=x.device).repeat_interleave(b) / b
-            for n in range(1, len(self.interactions)):
-                post = stacked[n] * w.view(-1, *([1] * (stacked[n].dim() - 1)))
-                surrogate = surrogate + self.interactions[n].hebbian(stacked[n - 1], post)
-        if self.readout is not None:
-            surrogate = surrogate + self.loss(cat_states(nudged), y.repeat(len(nudged))).mean()
-        return surrogate
-
-    def postprocess_grads(self) -> None:
-        """Hook run after the EP gradients are accumulated (nothing for symmetric nets)."""
+    # ----------------------------------------------------------------- loss and readout
 
     def logits(self, state: Sequence[Tensor]) -> Tensor:
         """Class scores of a state: the output layer (mse) or the readout (ce), shape (B, K)."""
@@ -303,9 +317,44 @@ class EnergyNetwork(nn.Module):
         err = torch.softmax(self.readout(last.flatten(1)), dim=1).sub_(onehot)
         return torch.mm(err, self.readout.weight).mul_(beta).neg_().view_as(last)
 
+    def readout_grads(self, nudged: Sequence[Sequence[Tensor]], y: Tensor) -> WeightGrads:
+        """Gradient of the mean CE over the nudged states (the readout's update, spec §3).
+
+        The readout is an ordinary linear layer on fixed states, so autograd of the loss is
+        its plain gradient (a closed form would round differently in float32 and change
+        training runs in the last digit). Empty without a readout.
+        """
+        if self.readout is None:
+            return []
+        params = [self.readout.weight, self.readout.bias]
+        with torch.enable_grad():
+            loss = self.loss(stack_states(nudged), y.repeat(len(nudged))).mean()
+            grads = torch.autograd.grad(loss, params)
+        return list(zip(params, grads, strict=True))
+
+    def weight_contrast(
+        self, x: Tensor, free_state: Sequence[Tensor], phases: Sequence[Phase], input_ctx: Any
+    ) -> WeightGrads:
+        """Σ_k c_k ∂Φ/∂θ(x, s_k) / B for the phases (c_k, s_k): the EP update of the weights of
+        the dynamics, at fixed states (``free_state``: s*, which some update rules pair with)."""
+        raise NotImplementedError
+
     def predict_from_state(self, state: Sequence[Tensor]) -> Tensor:
         """Predicted classes, shape (B,)."""
         return self.logits(state).argmax(1)
+
+    # ----------------------------------------------------------------- as a PyTorch module
+
+    def forward(self, x: Tensor) -> Tensor:
+        """Logits at the free equilibrium of ``x`` (relaxed by :attr:`relaxation`), (B, K)."""
+        relaxation = self.relaxation
+        if relaxation is None:
+            if not default_relaxation:
+                raise RuntimeError("net(x): set net.relaxation (import eqprop.dynamics)")
+            relaxation = default_relaxation[0]
+        x, _ = self.check_input(x)
+        with torch.no_grad():
+            return self.logits(relaxation.free_state(self, x))
 
     def extra_repr(self) -> str:
         return (
@@ -322,3 +371,60 @@ class EnergyNetwork(nn.Module):
             "activation": self.activation.name,
             "parameters": sum(p.numel() for p in self.parameters()),
         }
+
+
+class EnergyNetwork(ChainNetwork):
+    """A convergent recurrent network with symmetric weights: conv layers, then dense layers.
+
+    Args:
+        input_shape: shape of one input, ``(C, H, W)`` or ``(D,)`` for dense-only nets.
+        conv, dense, output, activation, init_scale: see :class:`NetworkSettings`.
+        num_classes: number of classes.
+
+    Example:
+        >>> net = EnergyNetwork((784,), dense=[512], num_classes=10)
+        >>> [tuple(s) for s in net.state_shapes]
+        [(512,), (10,)]
+    """
+
+    def __init__(
+        self,
+        input_shape: Sequence[int],
+        conv: Sequence[ConvLayer] = NetworkSettings.conv,
+        dense: Sequence[int] = NetworkSettings.dense,
+        num_classes: int = 10,
+        output: str = NetworkSettings.output,
+        activation: str = NetworkSettings.activation,
+        init_scale: float | Sequence[float] | None = NetworkSettings.init_scale,
+    ) -> None:
+        settings = NetworkSettings(conv, dense, output, activation, init_scale)  # type: ignore[arg-type]
+        super().__init__(input_shape, num_classes, settings)
+
+    def phi(self, x: Tensor, state: Sequence[Tensor]) -> Tensor:
+        """Differentiable Φ(x, s, θ) per example, shape (B,); the loss term is not included."""
+        total = self.interactions[0].phi(x, state[0])
+        for n in range(1, len(self.interactions)):
+            total = total + self.interactions[n].phi(state[n - 1], state[n])
+        return total
+
+    def weight_contrast(
+        self, x: Tensor, free_state: Sequence[Tensor], phases: Sequence[Phase], input_ctx: Any
+    ) -> WeightGrads:
+        # Φ is bilinear: its θ-gradient at fixed states is each interaction's Hebbian product.
+        # The states go through one evaluation, stacked along the batch, each example's weight
+        # c_k / B folded into its postsynaptic state (φ is linear in it); the input term is
+        # evaluated once on the combined s_1, x being shared (with input_ctx reused).
+        b = x.shape[0]
+        coefs = [c for c, _ in phases]
+        states = [s for _, s in phases]
+        layers = self.interactions
+        with torch.no_grad():
+            first = sum(c * s[0].detach() for c, s in phases) / b
+            out = layers[0].paired_weight_grads(fast_layout(x), first, input_ctx)
+            if len(layers) > 1:
+                stacked = stack_states(states)
+                w = torch.tensor(coefs, dtype=x.dtype, device=x.device).repeat_interleave(b) / b
+                for n in range(1, len(layers)):
+                    post = stacked[n] * w.view(-1, *([1] * (stacked[n].dim() - 1)))
+                    out += layers[n].paired_weight_grads(stacked[n - 1], post)
+        return out

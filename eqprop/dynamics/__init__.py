@@ -1,25 +1,33 @@
-"""Relaxation dynamics: schedules, solvers and their results (imports core)."""
+"""Relaxation dynamics: schedules, the solver and its results (imports core)."""
 
-from eqprop.dynamics.relax import (
-    INITS,
-    PRECISIONS,
+from eqprop.dynamics.schedules import (
     SCHEDULES,
-    RelaxResult,
-    Solver,
+    Schedule,
+    Workspace,
     even_odd_step,
     feedforward_state,
     forward_backward_step,
+    synchronous_step,
+)
+from eqprop.dynamics.solver import (
+    INITS,
+    PRECISIONS,
+    FreeRelaxation,
+    RelaxResult,
+    Solver,
     precision_context,
     relax,
-    synchronous_step,
 )
 
 __all__ = [
     "INITS",
     "PRECISIONS",
     "SCHEDULES",
+    "FreeRelaxation",
     "RelaxResult",
+    "Schedule",
     "Solver",
+    "Workspace",
     "even_odd_step",
     "feedforward_state",
     "forward_backward_step",

@@ -1,22 +1,23 @@
-"""Gradient estimators behind one interface (imports core and dynamics)."""
+"""Gradient estimators behind one protocol (imports core and dynamics)."""
 
-from eqprop.estimators.bptt import BPTT, bptt_step_contributions, iter_step_contributions
-from eqprop.estimators.ep import (
+from eqprop.estimators.base import (
     ESTIMATORS,
-    EPEstimator,
     Estimate,
-    OneSidedEP,
-    RandomSignEP,
-    SymmetricEP,
+    GradientEstimator,
     make_estimator,
     predict,
+    register,
 )
+from eqprop.estimators.bptt import BPTT
+from eqprop.estimators.contributions import bptt_step_contributions, iter_step_contributions
+from eqprop.estimators.ep import EPEstimator, OneSidedEP, RandomSignEP, SymmetricEP
 
 __all__ = [
     "BPTT",
     "ESTIMATORS",
     "EPEstimator",
     "Estimate",
+    "GradientEstimator",
     "OneSidedEP",
     "RandomSignEP",
     "SymmetricEP",
@@ -24,4 +25,5 @@ __all__ = [
     "iter_step_contributions",
     "make_estimator",
     "predict",
+    "register",
 ]

@@ -1,18 +1,18 @@
 """Equilibrium Propagation gradient estimators (spec §2–3).
 
-All estimators share one recipe: relax freely from zero to s*, relax one or more nudged phases
-from s*, then turn the contrast of ∂Φ/∂θ between the compared states into a descent direction
-in each parameter's ``.grad``:
+All EP estimators share one recipe: relax freely to s*, relax one or more nudged phases from
+s*, then combine the compared states with the coefficients of the formula,
 
-- one-sided:   g = −(1/β) [∂Φ/∂θ(s^β) − ∂Φ/∂θ(s*)]                 (bias O(β))
+    g = Σ_k c_k ∂Φ/∂θ(x, s_k)   (batch mean),
+
+- one-sided:   c = −1/β at s^β, +1/β at s*                        (bias O(β))
 - random sign: the same with β ← ±β, the sign drawn per batch from a seeded generator
-- symmetric:   g = −(1/2β) [∂Φ/∂θ(s^{+β}) − ∂Φ/∂θ(s^{−β})]          (bias O(β²))
+- symmetric:   c = −1/(2β) at s^{+β}, +1/(2β) at s^{−β}           (bias O(β²))
 
-With a cross-entropy readout (outside Φ) the readout's gradient is the CE gradient at the
-nudged state(s), averaged over them. The weight gradient is one autograd call on Φ at fixed,
-detached states: Φ is bilinear, so this is exactly the local Hebbian contrast
-post ⊗ pre (routed through each state's pool argmax for conv layers), and it runs once per
-batch, outside the relaxation loop.
+Φ is bilinear, so ∂Φ/∂θ at fixed states is the local Hebbian product post ⊗ pre of each
+interaction, computed in closed form (:meth:`~eqprop.core.network.ChainNetwork.weight_contrast`;
+asymmetric networks apply their update rule). With a cross-entropy readout (outside Φ) the
+readout's gradient is the CE gradient at the nudged state(s), averaged over them.
 """
 
 from __future__ import annotations
@@ -24,54 +24,23 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor
 
-from eqprop.core.network import EnergyNetwork
-from eqprop.dynamics.relax import Solver
+from eqprop.core.network import ChainNetwork, Phase, State, WeightGrads, repeat_batch
+from eqprop.core.validation import check_int, check_number
+from eqprop.dynamics.solver import Solver
+from eqprop.estimators.base import (
+    Estimate,
+    GradientEstimator,
+    accumulate,
+    register,
+    surrogate_of,
+)
 
-__all__ = [
-    "ESTIMATORS",
-    "EPEstimator",
-    "Estimate",
-    "OneSidedEP",
-    "RandomSignEP",
-    "SymmetricEP",
-    "make_estimator",
-    "predict",
-]
-
-State = list[Tensor]
+__all__ = ["EPEstimator", "OneSidedEP", "RandomSignEP", "SymmetricEP"]
 
 
 @dataclass
-class Estimate:
-    """What one EP estimate computed besides the gradients.
-
-    Attributes:
-        free_state: the free equilibrium s*.
-        nudged_states: one state per nudged phase, in the order of ``betas``.
-        betas: the signed nudging strength of each phase.
-        logits: class scores at s*, shape (B, K).
-        loss: per-example loss at s*, shape (B,).
-        free_steps: steps taken by the free phase.
-        nudged_steps: steps taken by the nudged phase(s) (the largest, when separate).
-    """
-
-    free_state: State
-    nudged_states: list[State]
-    betas: list[float]
-    logits: Tensor
-    loss: Tensor
-    free_steps: int
-    nudged_steps: int
-
-    @property
-    def predictions(self) -> Tensor:
-        """Predicted classes at the free equilibrium, shape (B,)."""
-        return self.logits.argmax(1)
-
-
-@dataclass
-class EPEstimator:
-    """Base EP estimator; subclasses choose the nudged phases and how states are contrasted.
+class EPEstimator(GradientEstimator):
+    """Base EP estimator; subclasses choose the nudged phases and their coefficients.
 
     Args:
         beta: nudging strength, > 0.
@@ -81,8 +50,6 @@ class EPEstimator:
         batch_phases: relax several nudged phases together as one batch (same result, faster).
     """
 
-    name: ClassVar[str] = ""
-
     beta: float
     free_steps: int
     nudged_steps: int
@@ -90,16 +57,9 @@ class EPEstimator:
     batch_phases: bool = True
 
     def __post_init__(self) -> None:
-        if (
-            isinstance(self.beta, bool)
-            or not isinstance(self.beta, (int, float))
-            or not self.beta > 0
-        ):
-            raise ValueError(f"beta: {self.beta!r} is not valid; expected a number > 0")
-        for name in ("free_steps", "nudged_steps"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name}: {value!r} is not valid; expected an int >= 1")
+        check_number(self.beta, "beta")
+        check_int(self.free_steps, "free_steps", 1)
+        check_int(self.nudged_steps, "nudged_steps", 1)
 
     # --- what subclasses define ------------------------------------------------------
 
@@ -107,106 +67,84 @@ class EPEstimator:
         """Signed β of each nudged phase for the next batch."""
         raise NotImplementedError
 
-    def contrast(self, betas: list[float]) -> tuple[list[float], float]:
-        """Coefficients c_k on Φ(nudged_k) and c_free on Φ(s*): g = ∂/∂θ Σ c Φ."""
+    def coefficients(self, betas: list[float]) -> tuple[list[float], float]:
+        """Coefficients c_k on ∂Φ/∂θ(s^{β_k}) and c_free on ∂Φ/∂θ(s*)."""
         raise NotImplementedError
 
     # --- the shared recipe -------------------------------------------------------------
 
     def relax_free(
-        self,
-        net: EnergyNetwork,
-        x: Tensor,
-        state: Sequence[Tensor] | None = None,
+        self, net: ChainNetwork, x: Tensor, state: Sequence[Tensor] | None = None,
         drive: Tensor | None = None,
-    ) -> tuple[Tensor, State, int]:
+    ) -> tuple[Tensor, State, int]:  # fmt: skip
         """Relax freely; returns (input drive, s*, steps). ``drive``: ``net.input_drive(x)``."""
         drive = net.input_drive(x) if drive is None else drive
-        start = state if state is not None else self.solver.initial_state(net, drive)
-        free = self.solver.relax(net, drive, start, self.free_steps)
+        free = self.solver.relax(net, drive, state, self.free_steps)
         return drive, free.state, free.steps
 
     def relax_nudged(
-        self,
-        net: EnergyNetwork,
-        drive: Tensor,
-        free_state: State,
-        y: Tensor,
-        betas: list[float],
+        self, net: ChainNetwork, drive: Tensor, free_state: State, y: Tensor, betas: list[float]
     ) -> tuple[list[State], int]:
         """Relax one phase per β from s*; batched along the batch dimension when allowed."""
         if self.batch_phases and len(betas) > 1:
-            b = y.shape[0]
-            k = len(betas)
+            b, k = y.shape[0], len(betas)
             beta_col = torch.tensor(betas, dtype=drive.dtype, device=drive.device)
-            beta_col = beta_col.repeat_interleave(b)[:, None]  # (k*B, 1)
             res = self.solver.relax(
-                net,
-                drive.repeat(k, *([1] * (drive.dim() - 1))),
-                [s.repeat(k, *([1] * (s.dim() - 1))) for s in free_state],
-                self.nudged_steps,
-                y.repeat(k),
-                beta_col,
-            )
+                net, repeat_batch(drive, k), [repeat_batch(s, k) for s in free_state],
+                self.nudged_steps, y.repeat(k), beta_col.repeat_interleave(b)[:, None],
+            )  # fmt: skip
             return [[s[i * b : (i + 1) * b] for s in res.state] for i in range(k)], res.steps
         results = [
             self.solver.relax(net, drive, free_state, self.nudged_steps, y, beta) for beta in betas
         ]
         return [r.state for r in results], max(r.steps for r in results)
 
-    def estimate(
-        self,
-        net: EnergyNetwork,
-        x: Tensor,
-        y: Tensor,
-        state: Sequence[Tensor] | None = None,
-    ) -> Estimate:
-        """Compute the EP descent direction for one batch and accumulate it into ``.grad``.
+    def weight_grads(
+        self, net: ChainNetwork, x: Tensor, y: Tensor, free_state: State, nudged: list[State],
+        betas: list[float], input_ctx: Any = None,
+    ) -> WeightGrads:  # fmt: skip
+        """The EP update of every parameter: Σ_k c_k ∂Φ/∂θ(s_k) plus the readout's CE gradient.
 
-        Gradients are the mean over the batch and are *added* to ``.grad`` like
-        ``loss.backward()`` would: call ``optimizer.zero_grad()`` first. No optimizer is
-        stepped.
-
-        Args:
-            net: the network.
-            x: inputs, shape (B, *net.input_shape).
-            y: integer labels, shape (B,).
-            state: optional starting state of the free phase (default: the solver's init).
+        ``input_ctx``: the first layer's context from
+        :meth:`~eqprop.core.network.ChainNetwork.input_drive_with_context`, reused when given.
         """
-        x, y = net.check_input(x, y)
+        coefs, c_free = self.coefficients(betas)
+        phases: list[Phase] = list(zip(coefs, nudged, strict=True))
+        if c_free != 0.0:
+            phases.append((c_free, free_state))
+        grads = net.weight_contrast(x, free_state, phases, input_ctx)
+        return grads + net.readout_grads(nudged, y)
+
+    def _run(
+        self, net: ChainNetwork, x: Tensor, y: Tensor, state: Sequence[Tensor] | None
+    ) -> tuple[WeightGrads, Estimate]:
+        x, y = net.check_input(x, y)  # type: ignore[assignment]
         drive, input_ctx = net.input_drive_with_context(x)
         _, free_state, free_steps = self.relax_free(net, x, state, drive)
         betas = self.phase_betas()
         nudged, nudged_steps = self.relax_nudged(net, drive, free_state, y, betas)
-        self.accumulate_gradients(net, x, y, free_state, nudged, betas, input_ctx)
+        grads = self.weight_grads(net, x, y, free_state, nudged, betas, input_ctx)
         with torch.no_grad():
-            logits = net.logits(free_state)
-            loss = net.loss(free_state, y)
-        return Estimate(free_state, nudged, betas, logits, loss, free_steps, nudged_steps)
+            logits, loss = net.logits(free_state), net.loss(free_state, y)
+        return grads, Estimate(free_state, nudged, betas, logits, loss, free_steps, nudged_steps)
 
-    def accumulate_gradients(
-        self,
-        net: EnergyNetwork,
-        x: Tensor,
-        y: Tensor,
-        free_state: State,
-        nudged: list[State],
-        betas: list[float],
-        input_ctx: Any = None,
-    ) -> None:
-        """Add the EP descent direction (batch mean) to every ``.grad``.
+    def surrogate(
+        self, net: ChainNetwork, x: Tensor, y: Tensor, state: Sequence[Tensor] | None = None
+    ) -> tuple[Tensor, Estimate]:
+        grads, est = self._run(net, x, y, state)
+        return surrogate_of(grads), est
 
-        The network turns the contrast coefficients into a surrogate scalar whose gradient is
-        the update (:meth:`EnergyNetwork.ep_surrogate`), then may post-process the gradients
-        (:meth:`EnergyNetwork.postprocess_grads`). ``input_ctx``: the first layer's context from
-        :meth:`EnergyNetwork.input_drive_with_context`, reused when given.
-        """
-        coefs, c_free = self.contrast(betas)
-        with torch.enable_grad():
-            net.ep_surrogate(x, y, free_state, nudged, betas, coefs, c_free, input_ctx).backward()
-        net.postprocess_grads()
+    def estimate(
+        self, net: ChainNetwork, x: Tensor, y: Tensor, state: Sequence[Tensor] | None = None
+    ) -> Estimate:
+        """Add the EP descent direction (batch mean) to every ``.grad``; no backward pass."""
+        grads, est = self._run(net, x, y, state)
+        accumulate(grads)
+        self.after_backward(net)
+        return est
 
 
+@register
 @dataclass
 class OneSidedEP(EPEstimator):
     """One nudged phase at +β (the original EP; first-order bias)."""
@@ -216,11 +154,12 @@ class OneSidedEP(EPEstimator):
     def phase_betas(self) -> list[float]:
         return [float(self.beta)]
 
-    def contrast(self, betas: list[float]) -> tuple[list[float], float]:
+    def coefficients(self, betas: list[float]) -> tuple[list[float], float]:
         (beta,) = betas
         return [-1.0 / beta], 1.0 / beta
 
 
+@register
 @dataclass
 class RandomSignEP(OneSidedEP):
     """One nudged phase at ±β, the sign drawn per batch from a seeded generator.
@@ -250,6 +189,7 @@ class RandomSignEP(OneSidedEP):
         self.generator.set_state(state["generator"])
 
 
+@register
 @dataclass
 class SymmetricEP(EPEstimator):
     """Two nudged phases at +β and −β, both from s* (second-order bias)."""
@@ -259,35 +199,6 @@ class SymmetricEP(EPEstimator):
     def phase_betas(self) -> list[float]:
         return [float(self.beta), -float(self.beta)]
 
-    def contrast(self, betas: list[float]) -> tuple[list[float], float]:
+    def coefficients(self, betas: list[float]) -> tuple[list[float], float]:
         beta = betas[0]
         return [-0.5 / beta, 0.5 / beta], 0.0
-
-
-#: Estimators by the name used in configs, the CLI and logs.
-ESTIMATORS: dict[str, type[EPEstimator]] = {
-    cls.name: cls for cls in (OneSidedEP, RandomSignEP, SymmetricEP)
-}
-
-
-def make_estimator(kind: str, **kwargs: Any) -> EPEstimator:
-    """Build the estimator registered as ``kind`` (see :data:`ESTIMATORS`)."""
-    if kind not in ESTIMATORS:
-        raise ValueError(f"estimator: unknown kind {kind!r}; choose one of {', '.join(ESTIMATORS)}")
-    cls = ESTIMATORS[kind]
-    if "seed" in kwargs and cls is not RandomSignEP:
-        kwargs.pop("seed")
-    return cls(**kwargs)
-
-
-def predict(
-    net: EnergyNetwork, x: Tensor, steps: int, solver: Solver | None = None
-) -> tuple[Tensor, Tensor]:
-    """Relax freely for ``steps`` and return (predicted classes (B,), logits (B, K))."""
-    x, _ = net.check_input(x)
-    solver = solver or Solver()
-    drive = net.input_drive(x)
-    res = solver.relax(net, drive, solver.initial_state(net, drive), steps)
-    with torch.no_grad():
-        logits = net.logits(res.state)
-    return logits.argmax(1), logits

@@ -12,14 +12,13 @@ A run directory holds everything a run produced::
 
 Resuming restores the model, optimizer, scheduler, the estimator's generator, the epoch and
 batch position and the partial epoch statistics. Batches are a pure function of
-(seed, epoch, batch index) (:class:`~eqprop.train.data.EpochLoader`), so a run interrupted and
+(seed, epoch, batch index) (:class:`~eqprop.train.loader.EpochLoader`), so a run interrupted and
 resumed on CPU logs the same metrics as an uninterrupted one, to the last digit.
 """
 
 from __future__ import annotations
 
 import contextlib
-import math
 import signal
 import time
 from collections.abc import Iterator
@@ -33,11 +32,18 @@ from tqdm.auto import tqdm
 
 from eqprop.analysis.gdu import check_gdu
 from eqprop.core.asymmetric import AsymmetricNetwork
-from eqprop.core.interactions import ConvLayer
-from eqprop.core.network import EnergyNetwork
-from eqprop.dynamics.relax import Solver
-from eqprop.estimators.bptt import BPTT
-from eqprop.estimators.ep import EPEstimator, make_estimator
+from eqprop.dynamics import FreeRelaxation
+from eqprop.train.builders import (
+    Splits,
+    TrainingError,
+    build_estimator,
+    build_network,
+    build_optimizer,
+    build_scheduler,
+    make_splits,
+    resolve_device,
+    resolve_dtype,
+)
 from eqprop.train.checkpoint import (
     CheckpointError,
     load_checkpoint,
@@ -46,138 +52,11 @@ from eqprop.train.checkpoint import (
     set_rng_state,
 )
 from eqprop.train.config import ExperimentConfig, config_from_dict, config_to_dict, save_config
-from eqprop.train.data import Dataset, EpochLoader, load_dataset, normalizer_for, split_validation
+from eqprop.train.datasets import Dataset, load_dataset
+from eqprop.train.loader import EpochLoader
 from eqprop.train.runlog import RunLogger, environment_facts
 
-__all__ = [
-    "Trainer",
-    "TrainingError",
-    "build_estimator",
-    "build_network",
-    "build_optimizer",
-    "build_scheduler",
-    "build_solver",
-    "resolve_device",
-]
-
-
-class TrainingError(RuntimeError):
-    """A run that cannot go on (non-finite values, mismatched resume); the message says why."""
-
-
-# ------------------------------------------------------------------------------- builders
-
-
-def resolve_device(name: str) -> torch.device:
-    """``auto`` → CUDA when available, else CPU; otherwise the named device (checked)."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise TrainingError(f"train.device: {name!r} requested but CUDA is not available here")
-    return device
-
-
-def build_network(cfg: ExperimentConfig, input_shape: tuple[int, ...], num_classes: int):
-    """The network of ``cfg.model`` for inputs of ``input_shape``, seeded by ``cfg.seed``."""
-    m = cfg.model
-    conv = [ConvLayer(c.channels, c.kernel, c.stride, c.padding, c.pool) for c in m.conv]
-    shape = tuple(input_shape) if conv else (math.prod(input_shape),)
-    # Initialisation draws from a local generator state so that it never depends on what ran
-    # before in the process.
-    kwargs: dict[str, Any] = {
-        "conv": conv,
-        "dense": list(m.dense),
-        "num_classes": num_classes,
-        "output": m.output,
-        "activation": m.activation,
-        "init_scale": m.init_scale,
-    }
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(cfg.seed)
-        if m.kind == "asymmetric":
-            return AsymmetricNetwork(
-                shape, update_rule=m.update_rule, feedback_init=m.feedback_init, **kwargs
-            )
-        return EnergyNetwork(shape, **kwargs)
-
-
-def build_solver(cfg: ExperimentConfig) -> Solver:
-    """The relaxation solver of ``cfg.dynamics``."""
-    d = cfg.dynamics
-    return Solver(
-        schedule=d.schedule, tol=d.tol, check_every=d.check_every, init=d.init,
-        compile=d.compile, precision=d.precision,
-    )  # fmt: skip
-
-
-def build_estimator(cfg: ExperimentConfig) -> EPEstimator | BPTT:
-    """The gradient estimator of ``cfg.estimator`` with the solver of ``cfg.dynamics``."""
-    d = cfg.dynamics
-    if cfg.estimator.kind == "bptt":
-        return BPTT(
-            free_steps=d.free_steps, nudged_steps=d.nudged_steps, full=cfg.estimator.full_bptt,
-            solver=build_solver(cfg),
-        )  # fmt: skip
-    return make_estimator(
-        cfg.estimator.kind, beta=cfg.estimator.beta, free_steps=d.free_steps,
-        nudged_steps=d.nudged_steps, solver=build_solver(cfg), batch_phases=d.batch_phases,
-        seed=cfg.seed,
-    )  # fmt: skip
-
-
-def build_optimizer(cfg: ExperimentConfig, net: EnergyNetwork) -> torch.optim.Optimizer:
-    """One parameter group per weight layer, with that layer's lr and weight decay."""
-    o = cfg.optim
-    n = net.n_layers
-    groups = [
-        {"params": list(layer.parameters()), "lr": lr, "weight_decay": wd}
-        for layer, lr, wd in zip(
-            net.weight_layers(), o.layer_lrs(n), o.layer_weight_decays(n), strict=True
-        )
-    ]
-    # Fused kernels: one pass over all parameters instead of a few small ops per tensor, which
-    # matters for small nets where the optimizer step rivals the relaxation.
-    if o.kind == "sgd":
-        return torch.optim.SGD(
-            groups, lr=groups[0]["lr"], momentum=o.momentum, nesterov=o.nesterov, fused=True
-        )
-    cls = torch.optim.Adam if o.kind == "adam" else torch.optim.AdamW
-    return cls(groups, lr=groups[0]["lr"], betas=o.betas, fused=True)
-
-
-@dataclass
-class _Cosine:
-    """lr(e) = eta_min + (lr0 − eta_min)(1 + cos(π min(e, T)/T))/2 as a factor of lr0.
-
-    Unlike ``CosineAnnealingLR`` it stays at the floor after T epochs, as the paper's run did.
-    """
-
-    base: float
-    eta_min: float
-    t_max: int
-
-    def __call__(self, epoch: int) -> float:
-        e = min(epoch, self.t_max)
-        lr = self.eta_min + (self.base - self.eta_min) * 0.5 * (
-            1 + math.cos(math.pi * e / self.t_max)
-        )
-        return lr / self.base
-
-
-def build_scheduler(
-    cfg: ExperimentConfig, optimizer: torch.optim.Optimizer
-) -> torch.optim.lr_scheduler.LRScheduler | None:
-    """Cosine annealing per epoch (per-group base lr, one floor), or None."""
-    s = cfg.optim.scheduler
-    if s.kind == "none":
-        return None
-    t_max = s.resolved_t_max(cfg.train.epochs)
-    lambdas = [_Cosine(g["lr"], s.eta_min, t_max) for g in optimizer.param_groups]
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambdas)
-
-
-# ------------------------------------------------------------------------------- the trainer
+__all__ = ["Splits", "Trainer", "TrainingError", "load_run"]
 
 
 @dataclass
@@ -219,39 +98,6 @@ class _Interrupt:
             signal.signal(signal.SIGINT, self._previous)
 
 
-@dataclass
-class Splits:
-    """The three loaders of a run."""
-
-    train: EpochLoader
-    val: EpochLoader | None
-    test: EpochLoader
-
-
-def make_splits(cfg: ExperimentConfig, data: Dataset, device: torch.device, dtype) -> Splits:
-    """Seeded validation split, normalisation and loaders, all on ``device``."""
-    n = data.y_train.shape[0]
-    val_size = cfg.data.resolved_val_size(n)
-    train_idx, val_idx = split_validation(n, val_size, cfg.seed)
-    if cfg.data.train_size is not None:
-        train_idx = train_idx[: cfg.data.train_size]
-    norm = normalizer_for(data, cfg.data.normalize)
-    eval_bs = cfg.train.resolved_eval_batch_size
-
-    def loader(x: Tensor, y: Tensor, train: bool) -> EpochLoader:
-        return EpochLoader(
-            x, y, batch_size=cfg.train.batch_size if train else eval_bs, device=device,
-            dtype=dtype, normalizer=norm, shuffle=train, augment=train and cfg.data.augment,
-            seed=cfg.seed,
-        )  # fmt: skip
-
-    return Splits(
-        train=loader(data.x_train[train_idx], data.y_train[train_idx], True),
-        val=loader(data.x_train[val_idx], data.y_train[val_idx], False) if val_size else None,
-        test=loader(data.x_test, data.y_test, False),
-    )
-
-
 class Trainer:
     """Trains one configuration into one run directory.
 
@@ -275,7 +121,7 @@ class Trainer:
         if cfg.train.num_threads:
             torch.set_num_threads(cfg.train.num_threads)
         self.device = resolve_device(cfg.train.device)
-        self.dtype = getattr(torch, cfg.train.dtype)
+        self.dtype = resolve_dtype(cfg)
         d = cfg.data
         self.data = (
             data if data is not None else load_dataset(d.dataset, d.root, download=d.download)
@@ -305,14 +151,13 @@ class Trainer:
         """The checkpoint payload (keys documented in :mod:`eqprop.train.checkpoint`)."""
         import eqprop
 
-        est_state = getattr(self.estimator, "state_dict", None)
         return {
             "epoch": self.epoch,
             "batch": self.batch,
             "model": self.net.state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict() if self.scheduler else None,
-            "rng": {**rng_state(), "estimator": est_state() if est_state else None},
+            "rng": {**rng_state(), "estimator": self.estimator.state_dict()},
             "partial": self.stats.as_dict(),
             "best_val_accuracy": self.best_val_accuracy,
             "best_epoch": self.best_epoch,
@@ -331,7 +176,7 @@ class Trainer:
         rng = dict(ckpt.get("rng") or {})
         est = rng.pop("estimator", None)
         set_rng_state(rng)
-        if est is not None and hasattr(self.estimator, "load_state_dict"):
+        if est:
             self.estimator.load_state_dict(est)
         self.epoch, self.batch = int(ckpt["epoch"]), int(ckpt["batch"])
         self.stats = _EpochStats(**ckpt.get("partial", {}))
@@ -350,16 +195,15 @@ class Trainer:
     @torch.no_grad()
     def evaluate(self, loader: EpochLoader) -> tuple[float, float]:
         """(error rate, mean loss) of the free equilibrium after the evaluation steps."""
-        steps = self.cfg.dynamics.resolved_eval_steps
-        solver = self.estimator.solver
+        relaxation = self.net.relaxation
+        assert isinstance(relaxation, FreeRelaxation)  # set by build_network
         errors = torch.zeros((), dtype=torch.long, device=self.device)
         loss = torch.zeros((), dtype=torch.float64, device=self.device)
         for x, y in loader.epoch(0):
             x, y = self.net.check_input(x, y)
-            drive = self.net.input_drive(x)
-            res = solver.relax(self.net, drive, solver.initial_state(self.net, drive), steps)
-            errors += (self.net.predict_from_state(res.state) != y).sum()
-            loss += self.net.loss(res.state, y).sum().double()
+            state = relaxation.free_state(self.net, x)
+            errors += (self.net.predict_from_state(state) != y).sum()
+            loss += self.net.loss(state, y).sum().double()
         n = loader.num_samples
         return int(errors) / n, float(loss) / n
 

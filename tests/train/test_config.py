@@ -261,8 +261,8 @@ BAD = {
     "misspelt estimator": (
         _from(_with(estimator={"kind": "symetric"})),
         [
-            "estimator.kind: 'symetric' is not one of one_sided, symmetric, random_sign, "
-            "bptt (did you mean 'symmetric'?)"
+            "estimator.kind: 'symetric' is not one of bptt, one_sided, random_sign, "
+            "symmetric (did you mean 'symmetric'?)"
         ],
     ),
     "lr tuple of wrong length": (

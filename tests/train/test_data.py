@@ -1,4 +1,4 @@
-"""Tests for eqprop.train.data: file formats, errors, splits, normalisation and the loader."""
+"""Tests for eqprop.train.datasets, readers and loader: files, errors, splits, normalisation."""
 
 from __future__ import annotations
 
@@ -13,8 +13,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from eqprop.train import data as D
-from eqprop.train.data import DataError, EpochLoader, Normalizer, load_dataset
+from eqprop.train import datasets as D
+from eqprop.train import loader as L
+from eqprop.train.datasets import DataError, load_dataset
+from eqprop.train.loader import EpochLoader, Normalizer
 
 # ---------------------------------------------------------------------------- file writers
 
@@ -358,20 +360,20 @@ def test_digits() -> None:
 
 
 def test_split_validation() -> None:
-    tr, va = D.split_validation(100, 20, seed=3)
+    tr, va = L.split_validation(100, 20, seed=3)
     assert len(tr) == 80 and len(va) == 20
     assert sorted(torch.cat([tr, va]).tolist()) == list(range(100))
-    tr2, va2 = D.split_validation(100, 20, seed=3)
+    tr2, va2 = L.split_validation(100, 20, seed=3)
     assert torch.equal(tr, tr2) and torch.equal(va, va2)
-    assert not torch.equal(va, D.split_validation(100, 20, seed=4)[1])
-    tr0, va0 = D.split_validation(5, 0, seed=0)
+    assert not torch.equal(va, L.split_validation(100, 20, seed=4)[1])
+    tr0, va0 = L.split_validation(5, 0, seed=0)
     assert tr0.tolist() == [0, 1, 2, 3, 4] and va0.numel() == 0
     state = torch.random.get_rng_state()
-    D.split_validation(10, 3, seed=0)
+    L.split_validation(10, 3, seed=0)
     assert torch.equal(state, torch.random.get_rng_state())
     for bad in (-1, 5, 6):
         with pytest.raises(ValueError, match="val_size"):
-            D.split_validation(5, bad, seed=0)
+            L.split_validation(5, bad, seed=0)
 
 
 def _toy_dataset(name: str, c: int, n: int = 8) -> D.Dataset:
@@ -384,31 +386,31 @@ def _toy_dataset(name: str, c: int, n: int = 8) -> D.Dataset:
 def test_normalizer_values() -> None:
     x = torch.tensor([0, 51, 255], dtype=torch.uint8).view(1, 3, 1, 1).expand(2, 3, 2, 2)
     ds = _toy_dataset("cifar10", 3)
-    out = D.normalizer_for(ds, "paper")(x, torch.float64)
+    out = L.normalizer_for(ds, "paper")(x, torch.float64)
     assert out.dtype == torch.float64 and out.shape == (2, 3, 2, 2)
     mean, std = D.CIFAR10_MEAN, D.CIFAR10_STD
     expected = [(v / 255 - mean[c]) / (3 * std[c]) for c, v in enumerate((0, 51, 255))]
     assert torch.allclose(out[0, :, 0, 0], torch.tensor(expected, dtype=torch.float64))
-    std = D.normalizer_for(ds, "standard")(x)
+    std = L.normalizer_for(ds, "standard")(x)
     assert std.dtype == torch.float32
     assert torch.allclose(std[1, 2, 1, 1], torch.tensor((1 - 0.4465) / 0.2010))
-    assert torch.equal(D.normalizer_for(ds, "none")(x), x.float() / 255)
-    assert D.normalizer_for(_toy_dataset("cifar100", 3), "standard").mean == D.CIFAR100_MEAN
-    mnist = D.normalizer_for(_toy_dataset("mnist", 1), "paper")
+    assert torch.equal(L.normalizer_for(ds, "none")(x), x.float() / 255)
+    assert L.normalizer_for(_toy_dataset("cifar100", 3), "standard").mean == D.CIFAR100_MEAN
+    mnist = L.normalizer_for(_toy_dataset("mnist", 1), "paper")
     assert mnist == Normalizer(D.MNIST_MEAN, D.MNIST_STD)
     with pytest.raises(ValueError, match="none, standard, paper"):
-        D.normalizer_for(ds, "zca")
+        L.normalizer_for(ds, "zca")
 
 
 def test_normalizer_computed_for_npz() -> None:
     ds = _toy_dataset("npz", 2)
-    norm = D.normalizer_for(ds, "standard")
+    norm = L.normalizer_for(ds, "standard")
     out = norm(ds.x_train, torch.float64)
     assert torch.allclose(out.mean(dim=(0, 2, 3)), torch.zeros(2, dtype=torch.float64), atol=1e-9)
     assert torch.allclose(
         out.std(dim=(0, 2, 3), unbiased=False), torch.ones(2, dtype=torch.float64)
     )
-    assert D.normalizer_for(ds, "paper") == norm
+    assert L.normalizer_for(ds, "paper") == norm
 
 
 # ---------------------------------------------------------------------------- EpochLoader
@@ -482,11 +484,11 @@ def test_augment_matches_reference() -> None:
     x = loader._x
     idx = torch.arange(64).flip(0)
     for batch in range(3):
-        gen = torch.Generator().manual_seed(D._derive_seed("aug", 2, 0, batch))
+        gen = torch.Generator().manual_seed(L._derive_seed("aug", 2, 0, batch))
         offsets = torch.randint(0, 9, (64, 2), generator=gen)
         flips = torch.rand(64, generator=gen) < 0.5
         got = loader._augmented(
-            idx, torch.Generator().manual_seed(D._derive_seed("aug", 2, 0, batch))
+            idx, torch.Generator().manual_seed(L._derive_seed("aug", 2, 0, batch))
         )
         assert torch.equal(got, _reference_augment(x[idx], offsets, flips, 4))
     # Explicit corner cases: offset pad with no flip is the identity; offset 0 shows the edge.

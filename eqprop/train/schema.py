@@ -1,0 +1,312 @@
+"""The experiment config schema: one frozen dataclass per concern.
+
+Every default lives in its dataclass field and nowhere else: the ``model`` and ``dynamics``
+sections *are* the core's network settings and the :class:`~eqprop.dynamics.Solver` (plus a few
+fields of their own), ``model.conv[i]`` is the core's :class:`~eqprop.core.ConvLayer`, and every
+choice (dataset, activation, schedule, estimator, optimiser, ...) is checked against the
+registry the code dispatches on. Sections check themselves when built in Python too.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+
+import torch
+
+from eqprop.core import NETWORKS, AsymmetricSettings, ConvLayer
+from eqprop.core.validation import invalid, show
+from eqprop.dynamics import Solver
+from eqprop.estimators import ESTIMATORS
+from eqprop.train.convert import (
+    INT_GE0,
+    INT_GE1,
+    NON_NEGATIVE,
+    POSITIVE,
+    UNIT_INTERVAL,
+    ConfigError,
+    Section,
+    config_to_dict,
+)
+from eqprop.train.datasets import DATASETS, NORMALIZATIONS
+from eqprop.train.optimizers import OPTIMIZERS, SCHEDULERS
+
+__all__ = [
+    "DTYPES",
+    "ConvLayerConfig",
+    "DataConfig",
+    "DynamicsConfig",
+    "EstimatorConfig",
+    "ExperimentConfig",
+    "LogConfig",
+    "ModelConfig",
+    "OptimConfig",
+    "SchedulerConfig",
+    "TrainConfig",
+]
+
+#: Floating-point types of weights and states by the name used in configs.
+DTYPES: dict[str, torch.dtype] = {"float32": torch.float32, "float64": torch.float64}
+
+_DEVICE_RE = re.compile(r"auto|cpu|cuda(:\d+)?")
+
+
+@dataclass(frozen=True)
+class DataConfig(Section):
+    """Which dataset to load and how to prepare it.
+
+    Attributes:
+        dataset: dataset name; ``npz`` reads ``x_train, y_train, x_test, y_test`` from ``root``.
+        root: data directory (the ``.npz`` file for ``npz``); None means ``$EQPROP_DATA`` or
+            ``./data``.
+        val_size: examples held out of the training set for model selection; None means
+            the dataset's default (:data:`~eqprop.train.datasets.DATASETS`; npz: a tenth of
+            the training set); 0 means no split.
+        augment: random horizontal flip and random crop with 4 pixels of edge padding (the
+            paper's CIFAR recipe).
+        normalize: ``standard`` (per-channel mean/std), ``paper`` (CIFAR: three times the usual
+            std, spec §6) or ``none``.
+        download: fetch the dataset if it is not under ``root``.
+        train_size: keep only the first ``train_size`` examples (in dataset order) of the
+            training split, for quick experiments; None keeps all.
+    """
+
+    dataset: str = field(default="digits", metadata={"choices": DATASETS})
+    root: str | None = None
+    val_size: int | None = field(default=None, metadata=INT_GE0)
+    augment: bool = False
+    normalize: str = field(default="standard", metadata={"choices": NORMALIZATIONS})
+    download: bool = False
+    train_size: int | None = field(default=None, metadata=INT_GE1)
+
+    def _validate(self) -> None:
+        if self.dataset == "npz" and not self.root:
+            raise invalid(self.root, "the path of the .npz file when dataset is 'npz'", "root")
+
+    def resolved_val_size(self, n_train: int) -> int:
+        """Return the validation-split size for a training set of ``n_train`` examples."""
+        if self.val_size is not None:
+            return self.val_size
+        return DATASETS[self.dataset].resolved_val_size(n_train)
+
+
+#: The ``model.conv[i]`` section is the core's own conv layer spec.
+ConvLayerConfig = ConvLayer
+
+
+@dataclass(frozen=True)
+class ModelConfig(Section, AsymmetricSettings):
+    """Architecture of the network: the core's settings (conv stack, dense hidden layers,
+    output, activation, init scale, and the asymmetric networks' update rule and feedback
+    init; see :class:`~eqprop.core.asymmetric.AsymmetricSettings`) plus the network kind.
+
+    Attributes:
+        kind: a key of :data:`~eqprop.core.NETWORKS`; ``update_rule`` and ``feedback_init``
+            apply to ``asymmetric`` only.
+    """
+
+    kind: str = field(default="symmetric", metadata={"choices": NETWORKS})
+
+
+@dataclass(frozen=True)
+class DynamicsConfig(Section, Solver):
+    """Relaxation of the network state (spec §2): the :class:`~eqprop.dynamics.Solver`'s
+    settings (schedule, tol, check_every, init, compile, precision) plus the step budgets.
+
+    Attributes:
+        free_steps: T1, steps of the free phase from s = 0.
+        nudged_steps: T2, steps of each nudged phase from the free equilibrium.
+        eval_steps: free steps at evaluation; None means ``free_steps``.
+        batch_phases: relax the +β and −β phases together as one batch (faster; set false to
+            reproduce the paper's sequential phases exactly).
+    """
+
+    free_steps: int = field(default=20, metadata=INT_GE1)
+    nudged_steps: int = field(default=4, metadata=INT_GE1)
+    eval_steps: int | None = field(default=None, metadata=INT_GE1)
+    batch_phases: bool = True
+
+    @property
+    def resolved_eval_steps(self) -> int:
+        """Free steps used at evaluation."""
+        return self.free_steps if self.eval_steps is None else self.eval_steps
+
+
+@dataclass(frozen=True)
+class EstimatorConfig(Section):
+    """Gradient estimator (spec §2 and §5).
+
+    Attributes:
+        kind: ``one_sided`` (+β), ``random_sign`` (±β drawn per minibatch), ``symmetric``
+            (+β and −β), or ``bptt``: backpropagation through time, the paper's baseline
+            (``dynamics.free_steps`` − ``dynamics.nudged_steps`` steps without a graph, then
+            ``nudged_steps`` steps with one; memory grows with the steps kept).
+        beta: nudging strength |β| (unused by ``bptt``).
+        full_bptt: ``bptt`` only: back-propagate through all ``free_steps`` steps.
+    """
+
+    kind: str = field(default="symmetric", metadata={"choices": ESTIMATORS})
+    beta: float = field(default=0.5, metadata=POSITIVE)
+    full_bptt: bool = False
+
+
+@dataclass(frozen=True)
+class SchedulerConfig(Section):
+    """Learning-rate schedule, stepped once per epoch.
+
+    Attributes:
+        kind: ``none`` or ``cosine`` annealing.
+        t_max: epochs of the cosine half-period; None means ``train.epochs``.
+        eta_min: floor of the cosine schedule (the same for every layer).
+    """
+
+    kind: str = field(default="none", metadata={"choices": SCHEDULERS})
+    t_max: int | None = field(default=None, metadata=INT_GE1)
+    eta_min: float = field(default=0.0, metadata=NON_NEGATIVE)
+
+    def resolved_t_max(self, epochs: int) -> int:
+        """Return the cosine half-period for a run of ``epochs`` epochs."""
+        return epochs if self.t_max is None else self.t_max
+
+
+@dataclass(frozen=True)
+class OptimConfig(Section):
+    """Optimiser of the weights.
+
+    Attributes:
+        kind: ``sgd``, ``adam`` or ``adamw``.
+        lr: learning rate; a tuple gives one per weight layer (``model.n_layers`` entries).
+        weight_decay: weight decay, a number or one per weight layer.
+        momentum: SGD momentum (ignored by adam/adamw).
+        nesterov: Nesterov momentum for SGD (needs ``momentum`` > 0).
+        betas: Adam/AdamW moment decay rates.
+        scheduler: learning-rate schedule.
+    """
+
+    kind: str = field(default="sgd", metadata={"choices": OPTIMIZERS})
+    lr: float | tuple[float, ...] = field(default=0.05, metadata=POSITIVE)
+    weight_decay: float | tuple[float, ...] = field(default=0.0, metadata=NON_NEGATIVE)
+    momentum: float = field(default=0.0, metadata=UNIT_INTERVAL)
+    nesterov: bool = False
+    betas: tuple[float, float] = field(default=(0.9, 0.999), metadata=UNIT_INTERVAL)
+    scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
+
+    def _validate(self) -> None:
+        for name in ("lr", "weight_decay"):
+            if getattr(self, name) == ():
+                raise invalid((), "a number or a non-empty list of numbers", name)
+        # torch.optim.SGD rejects this combination only when the optimiser is built.
+        if self.kind == "sgd" and self.nesterov and self.momentum == 0:
+            raise invalid(
+                True, "false when momentum is 0 (Nesterov needs momentum > 0)", "nesterov"
+            )
+
+    def layer_lrs(self, n: int) -> tuple[float, ...]:
+        """Return one learning rate per weight layer for a network of ``n`` weight layers."""
+        return _per_layer(self.lr, n, "optim.lr")
+
+    def layer_weight_decays(self, n: int) -> tuple[float, ...]:
+        """Return one weight decay per weight layer for a network of ``n`` weight layers."""
+        return _per_layer(self.weight_decay, n, "optim.weight_decay")
+
+
+def _per_layer(value: float | tuple[float, ...], n: int, path: str) -> tuple[float, ...]:
+    if not isinstance(value, tuple):
+        return (value,) * n
+    if len(value) != n:
+        raise invalid(value, f"a number or {n} numbers, one per weight layer", path)
+    return value
+
+
+@dataclass(frozen=True)
+class TrainConfig(Section):
+    """Training loop.
+
+    Attributes:
+        epochs: passes over the training set.
+        batch_size: training minibatch size.
+        eval_batch_size: evaluation minibatch size; None means ``max(batch_size, 256)``.
+        device: ``auto`` (CUDA if available), ``cpu``, ``cuda`` or ``cuda:N``.
+        dtype: floating-point type of weights and states.
+        num_threads: torch CPU threads; None leaves torch's default.
+        save_every: epochs between 'last' checkpoints.
+    """
+
+    epochs: int = field(default=10, metadata=INT_GE1)
+    batch_size: int = field(default=64, metadata=INT_GE1)
+    eval_batch_size: int | None = field(default=None, metadata=INT_GE1)
+    device: str = "auto"
+    dtype: str = field(default="float32", metadata={"choices": DTYPES})
+    num_threads: int | None = field(default=None, metadata=INT_GE1)
+    save_every: int = field(default=1, metadata=INT_GE1)
+
+    def _validate(self) -> None:
+        if not _DEVICE_RE.fullmatch(self.device):
+            raise invalid(self.device, "auto, cpu, cuda or cuda:N", "device")
+
+    @property
+    def resolved_eval_batch_size(self) -> int:
+        """Evaluation minibatch size."""
+        if self.eval_batch_size is None:
+            return max(self.batch_size, 256)
+        return self.eval_batch_size
+
+
+@dataclass(frozen=True)
+class LogConfig(Section):
+    """Run outputs besides checkpoints.
+
+    Attributes:
+        progress: show progress bars.
+        tensorboard: write TensorBoard scalars.
+        plots: save training-curve plots.
+        check_every: every this many epochs, run a small EP-versus-BPTT check (spec §5) on
+            ``check_batch`` validation examples and log its summary numbers; 0 turns it off.
+        check_batch: examples in that check.
+    """
+
+    progress: bool = True
+    tensorboard: bool = True
+    plots: bool = True
+    check_every: int = field(default=0, metadata=INT_GE0)
+    check_batch: int = field(default=8, metadata=INT_GE1)
+
+
+@dataclass(frozen=True)
+class ExperimentConfig(Section):
+    """A whole experiment; checks the rules that span sections.
+
+    Attributes:
+        name: run name (used for the run directory).
+        description: what the experiment is for.
+        seed: seed of every random generator of the run.
+    """
+
+    name: str = "experiment"
+    description: str = ""
+    seed: int = field(default=0, metadata=INT_GE0)
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    dynamics: DynamicsConfig = field(default_factory=DynamicsConfig)
+    estimator: EstimatorConfig = field(default_factory=EstimatorConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    log: LogConfig = field(default_factory=LogConfig)
+
+    def _validate(self) -> None:
+        if not self.name or "/" in self.name or "\\" in self.name:
+            raise invalid(self.name, "a non-empty string without path separators", "name")
+        n = self.model.n_layers
+        self.optim.layer_lrs(n)
+        self.optim.layer_weight_decays(n)
+        side = first = DATASETS[self.data.dataset].image_side
+        if side is None:
+            return
+        for i, layer in enumerate(self.model.conv):
+            side = layer.output_side(side)
+            if side < 1:
+                raise ConfigError(
+                    f"{show(config_to_dict(layer))} is not valid; it shrinks the feature map to "
+                    f"nothing on {self.data.dataset} ({first}x{first} input)",
+                    f"model.conv[{i}]",
+                )
