@@ -49,7 +49,7 @@ from eqprop.analysis.gdu_results import (
     _Running,
     _summarise,
 )
-from eqprop.core.network import ChainNetwork, repeat_batch
+from eqprop.core.chain import ChainNetwork, repeat_batch
 from eqprop.dynamics import Solver
 from eqprop.estimators import iter_step_contributions
 

@@ -10,6 +10,7 @@ from eqprop.core.asymmetric import (
     AsymmetricSettings,
     UpdateRule,
 )
+from eqprop.core.chain import ChainNetwork
 from eqprop.core.interactions import (
     POOLS,
     ConvInteraction,
@@ -17,7 +18,8 @@ from eqprop.core.interactions import (
     DenseInteraction,
     Interaction,
 )
-from eqprop.core.network import OUTPUTS, ChainNetwork, EnergyNetwork, NetworkSettings
+from eqprop.core.network import EnergyNetwork
+from eqprop.core.settings import OUTPUTS, NetworkSettings
 from eqprop.core.validation import SettingError
 
 #: Network kinds by the name used in configs (``model.kind``).

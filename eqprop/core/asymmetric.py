@@ -30,16 +30,17 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from eqprop.core.interactions import ConvInteraction, ConvLayer, DenseInteraction
-from eqprop.core.kernels import fast_layout
-from eqprop.core.network import (
+from eqprop.core.chain import (
     ChainNetwork,
-    NetworkSettings,
+    Interactions,
     Phase,
     WeightGrads,
     repeat_batch,
     stack_states,
 )
+from eqprop.core.interactions import ConvInteraction, ConvLayer, DenseInteraction
+from eqprop.core.kernels import fast_layout
+from eqprop.core.settings import NetworkSettings
 from eqprop.core.validation import check_choice
 
 __all__ = [
@@ -249,7 +250,7 @@ UPDATE_RULES: dict[str, UpdateRule] = {r.name: r for r in (DifferentRule(), Same
 
 @dataclass(frozen=True)
 class AsymmetricSettings(NetworkSettings):
-    """:class:`~eqprop.core.network.NetworkSettings` plus the feedback weights' settings.
+    """:class:`~eqprop.core.settings.NetworkSettings` plus the feedback weights' settings.
 
     Args:
         update_rule: a key of :data:`UPDATE_RULES`.
@@ -314,7 +315,7 @@ class AsymmetricNetwork(ChainNetwork):
         layers: list[nn.Module] = [self.interactions[0]]  # from the input: no feedback
         for n in range(1, len(self.interactions)):
             layers.append(self._with_feedback(n, scales[n]))
-        self.interactions = nn.ModuleList(layers)
+        self.interactions = Interactions(layers)
 
     def _with_feedback(self, n: int, scale: float) -> AsymmetricInteraction:
         old = self.interactions[n]

@@ -27,7 +27,7 @@ from typing import Any, Protocol
 import torch
 from torch import Tensor
 
-from eqprop.core.network import ChainNetwork, State
+from eqprop.core.chain import ChainNetwork, State
 
 __all__ = [
     "SCHEDULES",

@@ -24,8 +24,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from eqprop.core import network
-from eqprop.core.network import ChainNetwork, State
+from eqprop.core import chain
+from eqprop.core.chain import ChainNetwork, State
 from eqprop.core.validation import check_choice, check_int, check_number
 from eqprop.dynamics.schedules import SCHEDULES, Nudge, Schedule, Workspace, feedforward_state
 
@@ -231,7 +231,7 @@ class FreeRelaxation:
         return self.solver.relax(net, net.input_drive(x), None, self.steps).state
 
 
-network.default_relaxation[:] = [FreeRelaxation()]
+chain.default_relaxation[:] = [FreeRelaxation()]
 
 
 def relax(

@@ -24,7 +24,7 @@ from typing import Any, ClassVar, TypeVar
 import torch
 from torch import Tensor
 
-from eqprop.core.network import ChainNetwork, State, WeightGrads
+from eqprop.core.chain import ChainNetwork, State, WeightGrads
 from eqprop.core.validation import check_choice
 from eqprop.dynamics.solver import Solver
 

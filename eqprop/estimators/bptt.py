@@ -19,8 +19,8 @@ from typing import ClassVar
 import torch
 from torch import Tensor
 
+from eqprop.core.chain import ChainNetwork, State
 from eqprop.core.kernels import fast_layout
-from eqprop.core.network import ChainNetwork, State
 from eqprop.core.validation import check_int, invalid
 from eqprop.dynamics.solver import Solver
 from eqprop.estimators.base import Estimate, GradientEstimator, register

@@ -16,7 +16,7 @@ import torch
 from torch import Tensor
 
 from eqprop.core.activations import Activation
-from eqprop.core.network import ChainNetwork, State
+from eqprop.core.chain import ChainNetwork, State
 from eqprop.dynamics.solver import Solver
 from eqprop.estimators.bptt import graph_input_drive
 

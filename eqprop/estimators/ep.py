@@ -10,7 +10,7 @@ s*, then combine the compared states with the coefficients of the formula,
 - symmetric:   c = −1/(2β) at s^{+β}, +1/(2β) at s^{−β}           (bias O(β²))
 
 Φ is bilinear, so ∂Φ/∂θ at fixed states is the local Hebbian product post ⊗ pre of each
-interaction, computed in closed form (:meth:`~eqprop.core.network.ChainNetwork.weight_contrast`;
+interaction, computed in closed form (:meth:`~eqprop.core.chain.ChainNetwork.weight_contrast`;
 asymmetric networks apply their update rule). With a cross-entropy readout (outside Φ) the
 readout's gradient is the CE gradient at the nudged state(s), averaged over them.
 """
@@ -24,7 +24,7 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor
 
-from eqprop.core.network import ChainNetwork, Phase, State, WeightGrads, repeat_batch
+from eqprop.core.chain import ChainNetwork, Phase, State, WeightGrads, repeat_batch
 from eqprop.core.validation import check_int, check_number
 from eqprop.dynamics.solver import Solver
 from eqprop.estimators.base import (
@@ -106,7 +106,7 @@ class EPEstimator(GradientEstimator):
         """The EP update of every parameter: Σ_k c_k ∂Φ/∂θ(s_k) plus the readout's CE gradient.
 
         ``input_ctx``: the first layer's context from
-        :meth:`~eqprop.core.network.ChainNetwork.input_drive_with_context`, reused when given.
+        :meth:`~eqprop.core.chain.ChainNetwork.input_drive_with_context`, reused when given.
         """
         coefs, c_free = self.coefficients(betas)
         phases: list[Phase] = list(zip(coefs, nudged, strict=True))

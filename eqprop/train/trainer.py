@@ -18,10 +18,7 @@ resumed on CPU logs the same metrics as an uninterrupted one, to the last digit.
 
 from __future__ import annotations
 
-import contextlib
-import signal
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -53,6 +50,7 @@ from eqprop.train.checkpoint import (
 )
 from eqprop.train.config import ExperimentConfig, config_from_dict, config_to_dict, save_config
 from eqprop.train.datasets import Dataset, load_dataset
+from eqprop.train.interrupt import Interrupt
 from eqprop.train.loader import EpochLoader
 from eqprop.train.runlog import RunLogger, environment_facts
 
@@ -71,31 +69,6 @@ class _EpochStats:
 
     def as_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
-
-
-class _Interrupt:
-    """Turns the first Ctrl-C into a flag checked between batches; the second one aborts."""
-
-    def __init__(self) -> None:
-        self.requested = False
-        self._previous: Any = None
-
-    def _handler(self, signum: int, frame: Any) -> None:
-        if self.requested:
-            raise KeyboardInterrupt
-        self.requested = True
-
-    @contextlib.contextmanager
-    def installed(self) -> Iterator[None]:
-        try:
-            self._previous = signal.signal(signal.SIGINT, self._handler)
-        except ValueError:  # not the main thread: leave Ctrl-C alone
-            yield
-            return
-        try:
-            yield
-        finally:
-            signal.signal(signal.SIGINT, self._previous)
 
 
 class Trainer:
@@ -303,7 +276,7 @@ class Trainer:
             self.load_state(ckpt)
         else:
             save_config(cfg, self.run_dir / "config.yaml")
-        interrupt = _Interrupt()
+        interrupt = Interrupt()
         with (
             RunLogger(self.run_dir, cfg.log.tensorboard, cfg.log.plots) as log,
             interrupt.installed(),
@@ -318,7 +291,7 @@ class Trainer:
             log.write_json("summary.json", summary)
         return summary
 
-    def _run_epoch(self, log: RunLogger, interrupt: _Interrupt) -> bool:
+    def _run_epoch(self, log: RunLogger, interrupt: Interrupt) -> bool:
         """Train one epoch from the current position; True when interrupted."""
         cfg = self.cfg
         loader = self.splits.train
