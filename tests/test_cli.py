@@ -66,6 +66,7 @@ def test_train_then_eval(tmp_path, capsys):
     assert "already holds a run" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_ctrl_c_saves_and_resume_finishes(tmp_path):
     out = tmp_path / "run"
     cmd = [sys.executable, "-m", "eqprop.cli", "train", "--out", str(out), "--epochs", "4",

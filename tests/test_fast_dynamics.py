@@ -169,6 +169,7 @@ def test_unknown_solver_options_are_rejected():
         Solver(precision="fp8")
 
 
+@pytest.mark.slow
 def test_compiled_step_equals_eager_step():
     net = make_net("conv_max", output="ce", dtype=torch.float32)
     x, y = make_batch(net, batch=4)

@@ -137,8 +137,9 @@ def test_write_report_and_table(case, tmp_path):
         assert layer in table
 
 
-def test_asymmetric_network_runs_through_its_own_surrogate():
-    """No Φ: the increments come from ep_surrogate; the totals still match the estimators."""
+def test_asymmetric_network_runs_through_its_update_rule():
+    """No Φ: the increments come from the update rule's weight contrast; the totals still match
+    the estimators."""
     torch.manual_seed(0)
     net = AsymmetricNetwork((7,), dense=[6, 5], num_classes=4, activation="sigmoid").double()
     x, y = make_batch(net, batch=3)

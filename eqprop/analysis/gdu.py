@@ -8,8 +8,8 @@ Conventions. Every quantity is in the *gradient* sign (what goes into ``.grad``,
 steps run t = 0..T2, t = 0 being the estimate before any nudged step.
 
 - EP, a phase at signed β from s*: g_β(t) is the descent direction the one-sided estimator
-  returns after t nudged steps (``net.ep_surrogate`` then ``net.postprocess_grads``, so any
-  network with that interface works). Parameter increment ΔEP_θ(t) = g_β(t) − g_β(t−1), with
+  returns after t nudged steps (``net.weight_contrast`` plus ``net.readout_grads``, so any
+  chain network works, symmetric or not). Parameter increment ΔEP_θ(t) = g_β(t) − g_β(t−1), with
   ΔEP_θ(0) = g_β(0) (the CE readout's gradient at s*; zero otherwise). For a symmetric network
   ΔEP_θ(t) = −(1/β)[∂Φ/∂θ(s^β_t) − ∂Φ/∂θ(s^β_{t−1})] plus the readout's CE-gradient change.
   Neuron increment, per example: ΔEP_s(t) = −(s^β_t − s^β_{t−1})/β (the spec's (s_{t+1} − s_t)/β
@@ -135,7 +135,7 @@ def check_gdu(
     copies of the parameters per β, never a parameter-sized tensor per step.
 
     Args:
-        net: any network with the dynamics interface and ``ep_surrogate`` (symmetric or not).
+        net: any chain network (symmetric or not).
         x: inputs, shape (B, *net.input_shape).
         y: labels, shape (B,).
         free_steps: T1, >= 1.

@@ -71,7 +71,7 @@ def _plot_layers(report: GDUReport, path: Path) -> None:
     n = len(report.comparisons)
     width = 0.8 / n
     for i, c in enumerate(report.comparisons):
-        shown = [(j, c.layers[k]) for j, k in enumerate(layers) if c.layers[k] is not None]
+        shown = [(j, r) for j, k in enumerate(layers) if (r := c.layers[k]) is not None]
         pos = [j + (i - (n - 1) / 2) * width for j, _ in shown]
         val = [r for _, r in shown]
         ax.bar(pos, val, width=width, label=f"|β| = {c.beta:g}")

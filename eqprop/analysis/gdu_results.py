@@ -214,7 +214,8 @@ def _fit(betas: list[float], errors: list[float]) -> tuple[float | None, float |
     pts = [(math.log(b), math.log(e)) for b, e in zip(betas, errors, strict=True) if e > 0]
     if len(pts) < 2 or len({p[0] for p in pts}) < 2:
         return None, None
-    slope, intercept = np.polyfit(*zip(*pts, strict=True), 1)
+    xs, ys = zip(*pts, strict=True)
+    slope, intercept = np.polyfit(xs, ys, 1)
     return float(slope), float(intercept)
 
 

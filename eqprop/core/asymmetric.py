@@ -24,7 +24,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import Any, ClassVar, cast
 
 import torch
 import torch.nn.functional as F
@@ -84,7 +84,7 @@ class AsymmetricConvInteraction(ConvInteraction):
     @property
     def forward_weight(self) -> nn.Parameter:
         """The forward weight W (the feedback weight ``feedback`` has the same shape)."""
-        return self.conv.weight
+        return cast(nn.Parameter, self.conv.weight)  # annotated as a plain Tensor by torch
 
     def _feedback_conv(self, pre: Tensor) -> Tensor:
         s = self.spec
@@ -132,7 +132,7 @@ class AsymmetricDenseInteraction(DenseInteraction):
     @property
     def forward_weight(self) -> nn.Parameter:
         """The forward weight W (the feedback weight ``feedback`` has the same shape)."""
-        return self.linear.weight
+        return cast(nn.Parameter, self.linear.weight)  # annotated as a plain Tensor by torch
 
     def backward_drive(self, post: Tensor, ctx: None) -> Tensor:
         return torch.mm(post, self.feedback).view(post.shape[0], *self.pre_shape)
@@ -192,7 +192,7 @@ class DifferentRule(UpdateRule):
             for n, layer in enumerate(layers):
                 # The presynaptic state is s* in every phase and the term is linear in the
                 # postsynaptic state: the phases combine into one state before a single conv.
-                post = sum(s[n].detach() * (c / b) for c, s in phases)
+                post = cast(Tensor, sum(s[n].detach() * (c / b) for c, s in phases))
                 pre, ctx = (fast_layout(x), input_ctx) if n == 0 else (free[n - 1], None)
                 out += layer.paired_weight_grads(pre, post, ctx)
             w = _phase_weights(phases, x)
@@ -201,7 +201,8 @@ class DifferentRule(UpdateRule):
                 # (argmax at that state), so the phases are stacked along the batch instead.
                 pre = torch.cat([s[n - 1].detach() for _, s in phases], 0)
                 post = repeat_batch(free[n], len(phases)) * _per_example(w, free[n])
-                out.append((layers[n].feedback, layers[n].feedback_grad(pre, post)))
+                layer = cast(AsymmetricInteraction, layers[n])  # layers 1..N−1 have feedback
+                out.append((layer.feedback, layer.feedback_grad(pre, post)))
         return out
 
 
@@ -225,10 +226,10 @@ class SameRule(UpdateRule):
             xs = repeat_batch(fast_layout(x), len(phases))
             out = layers[0].paired_weight_grads(xs, s[0] * _per_example(w, s[0]))
             for n in range(1, len(layers)):
+                layer = cast(AsymmetricInteraction, layers[n])  # layers 1..N−1 have feedback
                 post = s[n] * _per_example(w, s[n])
-                g_w, g_b = layers[n].weight_grads(s[n - 1], post)
-                mean = (g_w + layers[n].feedback_grad(s[n - 1], post)).mul_(0.5)
-                layer = layers[n]
+                g_w, g_b = layer.weight_grads(s[n - 1], post)
+                mean = (g_w + layer.feedback_grad(s[n - 1], post)).mul_(0.5)
                 out += [(layer.forward_weight, mean), (layer.feedback, mean.clone()),
                         (layer.weights()[1], g_b)]  # fmt: skip
         return out
@@ -299,14 +300,11 @@ class AsymmetricNetwork(ChainNetwork):
         update_rule: str = AsymmetricSettings.update_rule,
         feedback_init: str = AsymmetricSettings.feedback_init,
     ) -> None:
+        # Any sequences are accepted here; the settings store tuples (__post_init__ turns an
+        # init_scale list into one, as it does conv and dense).
+        scale = cast("float | tuple[float, ...] | None", init_scale)
         settings = AsymmetricSettings(
-            conv,
-            dense,
-            output,
-            activation,
-            init_scale,
-            update_rule,
-            feedback_init,  # type: ignore[arg-type]
+            tuple(conv), tuple(dense), output, activation, scale, update_rule, feedback_init
         )
         super().__init__(input_shape, num_classes, settings)
         self.update_rule = update_rule
@@ -321,12 +319,13 @@ class AsymmetricNetwork(ChainNetwork):
         old = self.interactions[n]
         new: AsymmetricInteraction
         if isinstance(old, ConvInteraction):
-            new = AsymmetricConvInteraction(old.pre_shape, old.spec, index=n)  # type: ignore[arg-type]
+            image = cast("tuple[int, int, int]", old.pre_shape)  # a conv's input: (C, H, W)
+            new = AsymmetricConvInteraction(image, old.spec, index=n)
         else:
             new = AsymmetricDenseInteraction(old.pre_shape, old.post_shape[0])
         with torch.no_grad():
             # Keep the parent's W and b (already scaled), so W matches a symmetric net.
-            for mine, theirs in zip(new.weights(), old.weights(), strict=True):  # type: ignore[operator]
+            for mine, theirs in zip(new.weights(), old.weights(), strict=True):
                 mine.copy_(theirs)
             if self.feedback_init == "forward":
                 new.feedback.copy_(new.forward_weight)
@@ -341,7 +340,7 @@ class AsymmetricNetwork(ChainNetwork):
 
     def feedback_layers(self) -> list[AsymmetricInteraction]:
         """The interactions that hold a feedback weight: 1..N−1 (index n−1 in this list)."""
-        return list(self.interactions)[1:]  # type: ignore[return-value]
+        return cast("list[AsymmetricInteraction]", list(self.interactions)[1:])
 
     @torch.no_grad()
     def weight_angles(self) -> dict[str, float]:

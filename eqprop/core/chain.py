@@ -22,7 +22,7 @@ from __future__ import annotations
 import math
 from collections.abc import Iterator, Sequence
 from dataclasses import fields
-from typing import Any, ClassVar, Protocol, overload
+from typing import Any, ClassVar, Protocol, cast, overload
 
 import torch
 import torch.nn.functional as F
@@ -65,11 +65,12 @@ def repeat_batch(t: Tensor, k: int) -> Tensor:
 class Interactions(nn.ModuleList):
     """A ``ModuleList`` of :class:`~eqprop.core.interactions.Interaction` (typed access)."""
 
-    @overload
-    def __getitem__(self, idx: int) -> Interaction: ...
-
+    # Overloads in ModuleList's order (slice first), as mypy requires of an override.
     @overload
     def __getitem__(self, idx: slice) -> Interactions: ...
+
+    @overload
+    def __getitem__(self, idx: int) -> Interaction: ...
 
     def __getitem__(self, idx: int | slice) -> Interaction | Interactions:
         return super().__getitem__(idx)  # type: ignore[return-value]
@@ -123,7 +124,9 @@ class ChainNetwork(nn.Module):
         layers: list[Interaction] = []
         shape: tuple[int, ...] = input_shape
         for i, spec in enumerate(settings.conv):
-            layers.append(ConvInteraction(shape, spec, index=i))  # type: ignore[arg-type]
+            # (C, H, W): the image input (checked above) or the previous conv layer's output.
+            image = cast("tuple[int, int, int]", shape)
+            layers.append(ConvInteraction(image, spec, index=i))
             shape = layers[-1].post_shape
         sizes = [*settings.dense, num_classes] if self.output == "mse" else list(settings.dense)
         for size in sizes:
@@ -145,14 +148,14 @@ class ChainNetwork(nn.Module):
         """Build from any settings object with at least this class's settings fields."""
         names = [f.name for f in fields(cls.settings_class)]
         kwargs = {name: getattr(settings, name) for name in names}
-        return cls(input_shape, num_classes=num_classes, **kwargs)  # type: ignore[call-arg]
+        return cls(input_shape, num_classes=num_classes, **kwargs)
 
     # ----------------------------------------------------------------- structure
 
     @property
     def state_shapes(self) -> list[tuple[int, ...]]:
         """Per-example shape of each state s_1..s_N."""
-        return [layer.post_shape for layer in self.interactions]  # type: ignore[misc]
+        return [layer.post_shape for layer in self.interactions]
 
     @property
     def n_layers(self) -> int:
@@ -172,6 +175,12 @@ class ChainNetwork(nn.Module):
         return layers
 
     # ----------------------------------------------------------------- inputs and states
+
+    @overload
+    def check_input(self, x: Tensor, y: Tensor) -> tuple[Tensor, Tensor]: ...
+
+    @overload
+    def check_input(self, x: Tensor, y: None = None) -> tuple[Tensor, None]: ...
 
     def check_input(self, x: Tensor, y: Tensor | None = None) -> tuple[Tensor, Tensor | None]:
         """Validate a batch and move it to the parameters' device and dtype.
@@ -276,7 +285,8 @@ class ChainNetwork(nn.Module):
         """
         if self.readout is None:
             return []
-        params = [self.readout.weight, self.readout.bias]
+        # nn.Linear annotates its weight as a plain Tensor; it is a Parameter.
+        params = [cast(nn.Parameter, self.readout.weight), self.readout.bias]
         with torch.enable_grad():
             loss = self.loss(stack_states(nudged), y.repeat(len(nudged))).mean()
             grads = torch.autograd.grad(loss, params)

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import torch
 import torch.nn.functional as F
@@ -146,7 +146,8 @@ class DenseInteraction(Interaction):
         return (post * self.linear(pre.flatten(1))).sum(1)
 
     def weights(self) -> list[nn.Parameter]:
-        return [self.linear.weight, self.linear.bias]
+        # nn.Linear annotates its weight as a plain Tensor; it is a Parameter.
+        return [cast(nn.Parameter, self.linear.weight), self.linear.bias]
 
     def weight_grads(self, pre: Tensor, post: Tensor, ctx: Any = None) -> list[Tensor]:
         # Σ_b ⟨post_b, W pre_b + b⟩: ∂/∂W = postᵀ pre (one matmul), ∂/∂b = Σ_b post_b.
@@ -226,7 +227,9 @@ class ConvInteraction(Interaction):
         return self._transposed_conv(self._unpool(post, ctx), self.conv.weight)
 
     def weights(self) -> list[nn.Parameter]:
-        return [self.conv.weight, self.conv.bias]
+        # nn.Conv2d annotates weight and bias as (optional) plain Tensors; both are Parameters
+        # (the conv is built with a bias).
+        return [cast(nn.Parameter, self.conv.weight), cast(nn.Parameter, self.conv.bias)]
 
     def _hebbian(self, pre: Tensor, post: Tensor, ctx: Any, weight: Tensor, bias: bool):
         # For a fixed pool argmax, φ = ⟨u, conv(pre, W) + b⟩ with u the unpooled post: linear in

@@ -10,7 +10,7 @@ one bilinear interaction per layer, and the dynamics are s ← σ(∂Φ/∂s −
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import Tensor
@@ -47,7 +47,10 @@ class EnergyNetwork(ChainNetwork):
         activation: str = NetworkSettings.activation,
         init_scale: float | Sequence[float] | None = NetworkSettings.init_scale,
     ) -> None:
-        settings = NetworkSettings(conv, dense, output, activation, init_scale)  # type: ignore[arg-type]
+        # Any sequences are accepted here; the settings store tuples (__post_init__ turns an
+        # init_scale list into one, as it does conv and dense).
+        scale = cast("float | tuple[float, ...] | None", init_scale)
+        settings = NetworkSettings(tuple(conv), tuple(dense), output, activation, scale)
         super().__init__(input_shape, num_classes, settings)
 
     def phi(self, x: Tensor, state: Sequence[Tensor]) -> Tensor:
@@ -69,7 +72,7 @@ class EnergyNetwork(ChainNetwork):
         states = [s for _, s in phases]
         layers = self.interactions
         with torch.no_grad():
-            first = sum(c * s[0].detach() for c, s in phases) / b
+            first = cast(Tensor, sum(c * s[0].detach() for c, s in phases) / b)
             out = layers[0].paired_weight_grads(fast_layout(x), first, input_ctx)
             if len(layers) > 1:
                 stacked = stack_states(states)

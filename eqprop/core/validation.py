@@ -21,7 +21,7 @@ import math
 import numbers
 import re
 from collections.abc import Iterable, Mapping
-from typing import Any
+from typing import Any, cast
 
 __all__ = [
     "SettingError",
@@ -98,11 +98,12 @@ def check_int(value: Any, path: str, minimum: int = 1) -> None:
 
 def check_number(value: Any, path: str, *, positive: bool = True) -> None:
     """Raise unless ``value`` is a finite real number (not a bool), > 0 when ``positive``."""
+    number = cast(float, value)  # typeshed's numbers.Real has no > or >=; compare as a float
     ok = (
         not isinstance(value, bool)
         and isinstance(value, numbers.Real)
         and math.isfinite(value)
-        and (value > 0 if positive else value >= 0)
+        and (number > 0 if positive else number >= 0)
     )
     if not ok:
         raise invalid(value, "a number > 0" if positive else "a number >= 0", path)

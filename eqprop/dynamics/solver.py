@@ -75,7 +75,7 @@ def _max_change(new: Sequence[Tensor], old: Sequence[Tensor]) -> Tensor:
 
 @functools.cache
 def _compiled(schedule: str) -> Schedule:
-    return torch.compile(SCHEDULES[schedule], dynamic=None)  # type: ignore[return-value]
+    return torch.compile(SCHEDULES[schedule], dynamic=None)
 
 
 @contextlib.contextmanager

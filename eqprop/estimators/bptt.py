@@ -91,7 +91,7 @@ class BPTT(GradientEstimator):
             (where the loss and predictions are taken), with no nudged states;
             ``free_steps`` counts all steps taken and ``nudged_steps`` the steps in the graph.
         """
-        x, y = net.check_input(x, y)  # type: ignore[assignment]
+        x, y = net.check_input(x, y)
         drive = net.input_drive(x)
         taken = 0
         start: Sequence[Tensor] | None = None if state is None else [s.detach() for s in state]

@@ -116,7 +116,7 @@ def iter_step_contributions(
     """
     if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
         raise ValueError(f"steps: {steps!r} is not valid; expected an int >= 1")
-    x, y = net.check_input(x, y)  # type: ignore[assignment]
+    x, y = net.check_input(x, y)
     solver = dataclasses.replace(solver or Solver(), compile=False)  # steps with a graph
     names, params = zip(*net.named_parameters(), strict=True)
     states, adjoints, drive_adjoints = _unroll_adjoints(net, x, y, free_state, steps, solver)

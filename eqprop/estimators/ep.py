@@ -118,7 +118,7 @@ class EPEstimator(GradientEstimator):
     def _run(
         self, net: ChainNetwork, x: Tensor, y: Tensor, state: Sequence[Tensor] | None
     ) -> tuple[WeightGrads, Estimate]:
-        x, y = net.check_input(x, y)  # type: ignore[assignment]
+        x, y = net.check_input(x, y)
         drive, input_ctx = net.input_drive_with_context(x)
         _, free_state, free_steps = self.relax_free(net, x, state, drive)
         betas = self.phase_betas()

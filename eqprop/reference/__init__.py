@@ -8,18 +8,23 @@ from the network's parameters, so the two implementations check each other.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import TYPE_CHECKING, cast
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from eqprop.core.interactions import ConvInteraction
+from eqprop.core.chain import ChainNetwork
+from eqprop.core.interactions import ConvInteraction, DenseInteraction
 from eqprop.core.network import EnergyNetwork
+
+if TYPE_CHECKING:
+    from eqprop.core.asymmetric import AsymmetricInteraction
 
 __all__ = ["bptt_gradients", "reference_loss", "reference_phi", "reference_relax", "reference_step"]
 
 
-def reference_loss(net: EnergyNetwork, state: Sequence[Tensor], y: Tensor) -> Tensor:
+def reference_loss(net: ChainNetwork, state: Sequence[Tensor], y: Tensor) -> Tensor:
     """Per-example loss L(s, y), written out from the spec (§3)."""
     if net.readout is None:
         target = torch.zeros_like(state[-1])
@@ -48,7 +53,8 @@ def reference_phi(
             elif spec.pool == "a":
                 z = F.avg_pool2d(z, 2)
         else:
-            z = prev.flatten(1) @ layer.linear.weight.T + layer.linear.bias
+            dense = cast(DenseInteraction, layer)  # every other interaction is dense
+            z = prev.flatten(1) @ dense.linear.weight.T + dense.linear.bias
         total = total + (s * z).flatten(1).sum(1)
         prev = s
     if isinstance(beta, Tensor) or beta != 0.0:
@@ -145,7 +151,7 @@ def _reference_term(
 
 
 def reference_asymmetric_phi(
-    net: EnergyNetwork,
+    net: ChainNetwork,
     x: Tensor,
     n: int,
     state: Sequence[Tensor],
@@ -164,16 +170,17 @@ def reference_asymmetric_phi(
     if isinstance(layer, ConvInteraction):
         weight, bias = layer.conv.weight, layer.conv.bias
     else:
-        weight, bias = layer.linear.weight, layer.linear.bias
+        dense = cast(DenseInteraction, layer)  # every other interaction is dense
+        weight, bias = dense.linear.weight, dense.linear.bias
     total = _reference_term(layer, weight, bias, pre, post[n])
     if n + 1 < len(net.interactions):
-        up = net.interactions[n + 1]
+        up = cast("AsymmetricInteraction", net.interactions[n + 1])  # holds feedback B_{n+1}
         total = total + _reference_term(up, up.feedback, None, post[n], state[n + 1])
     return total
 
 
 def reference_asymmetric_step(
-    net: EnergyNetwork,
+    net: ChainNetwork,
     x: Tensor,
     state: Sequence[Tensor],
     y: Tensor | None = None,

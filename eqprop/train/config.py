@@ -22,7 +22,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import yaml
 
@@ -186,7 +186,7 @@ def _set_override(root: dict[Any, Any], text: str) -> None:
             names = [f.name for f in dataclasses.fields(tp)]
             if seg not in names:
                 raise unknown_key(seg, names, path)
-            child_tp = hints(tp)[seg]
+            child_tp = hints(cast(type, tp))[seg]  # a dataclass annotation: a class
             child_path = f"{path}.{seg}" if path else str(seg)
         else:
             child_path = f"{path}[{seg}]"
@@ -205,7 +205,8 @@ def _set_override(root: dict[Any, Any], text: str) -> None:
         sectioned = dataclasses.is_dataclass(child_tp)
         if not sectioned and not _is_section_tuple(child_tp):
             raise ConfigError(f"unknown key; {child_path} is a value, not a section", key)
-        child = node[seg] if isinstance(node, list) else node.get(seg)
+        # A list (of sections) is only ever indexed by an int segment (checked above).
+        child = node[cast(int, seg)] if isinstance(node, list) else node.get(seg)
         if child is None:
             child = {} if sectioned else []
         if sectioned and not isinstance(child, Mapping):

@@ -23,9 +23,12 @@ import types
 import typing
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 from eqprop.core.validation import SettingError, check_choice, invalid, show, suggest
+
+if TYPE_CHECKING:
+    from _typeshed import DataclassInstance
 
 __all__ = [
     "INT_GE0",
@@ -169,10 +172,11 @@ def coerce(value: Any, tp: Any) -> Any:
         if isinstance(value, str):
             return value
     elif dataclasses.is_dataclass(tp):
-        if isinstance(value, tp):
+        cls = cast(type, tp)  # an annotation: the dataclass itself, not an instance
+        if isinstance(value, cls):
             return value
         if isinstance(value, Mapping):
-            return from_mapping(tp, value)
+            return from_mapping(cls, value)
     elif typing.get_origin(tp) is tuple:
         args = typing.get_args(tp)
         variadic = len(args) == 2 and args[1] is Ellipsis
@@ -240,8 +244,9 @@ class Section:
     built in Python, run the base settings class's own checks, then :meth:`_validate`."""
 
     def __post_init__(self) -> None:
-        types_ = hints(type(self))
-        for f in dataclasses.fields(self):  # type: ignore[arg-type]
+        cls: type = type(self)  # plain ``type``: mypy does not take type[Section] as Hashable
+        types_ = hints(cls)
+        for f in dataclasses.fields(cast("DataclassInstance", self)):  # subclasses: dataclasses
             if f.init:
                 # Frozen dataclass: normalising (list → tuple, int → float) needs the raw setter.
                 object.__setattr__(

@@ -65,8 +65,10 @@ def _cosine(
     optimizer: torch.optim.Optimizer, s: Any, epochs: int
 ) -> torch.optim.lr_scheduler.LRScheduler:
     t_max = s.resolved_t_max(epochs)
-    lambdas = [Cosine(g["lr"], s.eta_min, t_max) for g in optimizer.param_groups]
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambdas)  # type: ignore[arg-type]
+    lambdas: list[Callable[[int], float]] = [
+        Cosine(g["lr"], s.eta_min, t_max) for g in optimizer.param_groups
+    ]
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambdas)
 
 
 #: name -> build(optimizer, scheduler_config, epochs), or None for a constant learning rate.

@@ -86,7 +86,8 @@ def read_idx(key: str, files: Sequence[Path], shape: ImageShape | None) -> RawSp
             _images(images, "images", img_path, key, shape),
             _labels(labels, "labels", lbl_path),
         ]
-    return RawSplits(*arrays, sources=(files[1], files[3]))
+    x_train, y_train, x_test, y_test = arrays
+    return RawSplits(x_train, y_train, x_test, y_test, sources=(files[1], files[3]))
 
 
 def _read_bytes(path: Path) -> bytes:
@@ -209,7 +210,8 @@ def read_npz(key: str, files: Sequence[Path], shape: ImageShape | None) -> RawSp
             raise DataError(
                 f"{path}: x_{split} has {len(x)} images but y_{split} has {len(y)} labels"
             )
-    return RawSplits(*(arrays[k] for k in _NPZ_KEYS), sources=(path, path))
+    x_train, y_train, x_test, y_test = (arrays[k] for k in _NPZ_KEYS)
+    return RawSplits(x_train, y_train, x_test, y_test, sources=(path, path))
 
 
 # --------------------------------------------------------------------------------------------

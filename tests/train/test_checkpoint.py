@@ -286,6 +286,7 @@ def _check_complete(ckpt: dict[str, Any]) -> None:
     assert bool((w == float(tag + 1)).all())
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork and SIGKILL (POSIX)")
 def test_sigkill_never_leaves_a_torn_checkpoint(tmp_path: Path) -> None:
     path = tmp_path / "ckpt.pt"
