@@ -156,7 +156,7 @@ def git_dirty() -> bool | None:
 
 def environment(device: torch.device) -> dict[str, Any]:
     """Machine and code facts for the top level of the JSON."""
-    facts = environment_facts(ROOT)
+    facts = environment_facts()
     return {
         "device": str(device),
         "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None,

@@ -61,7 +61,7 @@ def test_train_then_eval(tmp_path, capsys):
     assert main(argv) == 0
     assert "test accuracy:" in capsys.readouterr().out
     assert main(["eval", str(out), "--split", "val"]) == 0
-    assert "val accuracy:" in capsys.readouterr().out
+    assert "val accuracy of " in capsys.readouterr().out
     assert main(argv) == 2  # refuses to overwrite a run
     assert "already holds a run" in capsys.readouterr().err
 
@@ -69,7 +69,7 @@ def test_train_then_eval(tmp_path, capsys):
 @pytest.mark.slow
 def test_ctrl_c_saves_and_resume_finishes(tmp_path):
     out = tmp_path / "run"
-    cmd = [sys.executable, "-m", "eqprop.cli", "train", "--out", str(out), "--epochs", "4",
+    cmd = [sys.executable, "-m", "eqprop", "train", "--out", str(out), "--epochs", "4",
            "--set", "train.batch_size=4", *FAST]  # fmt: skip
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 120
@@ -82,7 +82,7 @@ def test_ctrl_c_saves_and_resume_finishes(tmp_path):
     assert len((out / "metrics.jsonl").read_text().splitlines()) < 4
 
     env = {**os.environ, "PYTHONWARNINGS": "error"}
-    res = subprocess.run([sys.executable, "-m", "eqprop.cli", "resume", str(out), "--quiet"],
+    res = subprocess.run([sys.executable, "-m", "eqprop", "resume", str(out), "--quiet"],
                          capture_output=True, text=True, env=env, timeout=300)  # fmt: skip
     assert res.returncode == 0, res.stderr
     assert "test accuracy:" in res.stdout

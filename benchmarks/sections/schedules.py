@@ -10,7 +10,7 @@ from context import Case, Context
 from torch import Tensor
 
 from eqprop import EnergyNetwork, Solver, SymmetricEP
-from eqprop.estimators.base import accumulate
+from eqprop.estimators.base import add_to_grads
 
 
 def run(ctx: Context) -> dict[str, Any]:
@@ -72,7 +72,7 @@ def gradient_from(
     betas = est.phase_betas()
     nudged, _ = est.relax_nudged(net, drive, free, y, betas)
     net.zero_grad(set_to_none=True)
-    accumulate(est.weight_grads(net, x, y, free, nudged, betas))
+    add_to_grads(est.weight_grads(net, x, y, free, nudged, betas))
     est.after_backward(net)
     return flat_grad(net.weight_layers())
 

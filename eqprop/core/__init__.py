@@ -11,6 +11,9 @@ from eqprop.core.asymmetric import (
     UpdateRule,
 )
 from eqprop.core.chain import ChainNetwork
+from eqprop.core.graph import GraphNetwork
+from eqprop.core.graph_builders import GraphSettings, ResidualBlocks
+from eqprop.core.graph_spec import EdgeSpec, GraphSpec, NodeSpec
 from eqprop.core.interactions import (
     POOLS,
     ConvInteraction,
@@ -26,6 +29,7 @@ from eqprop.core.validation import SettingError
 NETWORKS: dict[str, type[ChainNetwork]] = {
     "symmetric": EnergyNetwork,
     "asymmetric": AsymmetricNetwork,
+    "graph": GraphNetwork,
 }
 
 __all__ = [
@@ -44,9 +48,15 @@ __all__ = [
     "ConvInteraction",
     "ConvLayer",
     "DenseInteraction",
+    "EdgeSpec",
     "EnergyNetwork",
+    "GraphNetwork",
+    "GraphSettings",
+    "GraphSpec",
     "Interaction",
     "NetworkSettings",
+    "NodeSpec",
+    "ResidualBlocks",
     "SettingError",
     "UpdateRule",
     "get_activation",

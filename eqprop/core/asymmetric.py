@@ -38,7 +38,12 @@ from eqprop.core.chain import (
     repeat_batch,
     stack_states,
 )
-from eqprop.core.interactions import ConvInteraction, ConvLayer, DenseInteraction
+from eqprop.core.interactions import (
+    NONLINEAR_POOLS,
+    ConvInteraction,
+    ConvLayer,
+    DenseInteraction,
+)
 from eqprop.core.kernels import fast_layout
 from eqprop.core.settings import NetworkSettings
 from eqprop.core.validation import check_choice
@@ -92,16 +97,21 @@ class AsymmetricConvInteraction(ConvInteraction):
 
     def forward_drive(self, pre: Tensor) -> tuple[Tensor, Any]:
         z = self.conv(pre)
-        if self.spec.pool != "m":
-            # Avg pool and identity are linear: the backward needs no argmax, so no B conv.
+        if self.spec.pool not in NONLINEAR_POOLS:
+            # Avg pool and identity are linear: the backward needs no context, so no B conv.
             return self._pool(z), None
-        zb = self._feedback_conv(pre)
-        _, argmax = F.max_pool2d(zb, 2, 2, return_indices=True)
-        return F.max_pool2d(z, 2, 2), (argmax, zb)
+        # The backward scatters to the argmax (max pool), or weighs by ∂P/∂z (softmax pool),
+        # of the feedback map conv_B(pre).
+        return self._pool(z), self._pool_with_context(self._feedback_conv(pre))[1]
 
-    def backward_drive(self, post: Tensor, ctx: Any) -> Tensor:
-        # scatters to the argmax of conv_B(pre) for max pool
-        return self._transposed_conv(self._unpool(post, ctx), self.feedback)
+    @property
+    def backward_weight(self) -> Tensor:
+        """The feedback weight B: its transposed convolution carries ``post`` back."""
+        return self.feedback
+
+    def feedback_map(self, pre: Tensor) -> Tensor:
+        """conv_B(pre), whose pool context the backward drive uses."""
+        return self._feedback_conv(pre)
 
     def weight_grads(self, pre: Tensor, post: Tensor, ctx: Any = None) -> list[Tensor]:
         # forward_drive's context is the *feedback* argmax: W's term takes its own.

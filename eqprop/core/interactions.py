@@ -4,7 +4,8 @@ Spec §1. An interaction couples a presynaptic state ``pre`` (layer n−1, or th
 postsynaptic state ``post`` (layer n):
 
 - dense: φ = ⟨post, W·flatten(pre) + b⟩
-- conv:  φ = ⟨post, P(conv(pre) + b)⟩, P a 2×2 stride-2 max pool, avg pool or identity.
+- conv:  φ = ⟨post, P(conv(pre) + b)⟩, P a 2×2 stride-2 max pool, avg pool, softmax pool
+  (holomorphic EP: P_w = Σ zᵢe^{zᵢ/τ}/Σ e^{zᵢ/τ} over each window) or identity.
 
 Each interaction gives, without autograd,
 
@@ -28,9 +29,11 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from eqprop.core.kernels import conv_param_grads, fast_layout, max_pool_scatter
-from eqprop.core.validation import check_choice, check_int
+from eqprop.core.planar import softmax_pool, softmax_unpool
+from eqprop.core.validation import check_choice, check_int, check_number
 
 __all__ = [
+    "NONLINEAR_POOLS",
     "POOLS",
     "ConvInteraction",
     "ConvLayer",
@@ -40,7 +43,15 @@ __all__ = [
 ]
 
 #: Pooling after a conv layer, by the letter used in configs.
-POOLS: dict[str, str] = {"m": "max pool 2x2", "a": "average pool 2x2", "i": "no pooling"}
+POOLS: dict[str, str] = {
+    "m": "max pool 2x2",
+    "a": "average pool 2x2",
+    "i": "no pooling",
+    "s": "softmax pool 2x2 at temperature tau (holomorphic)",
+}
+
+#: Pools whose transpose depends on the point (a context is kept); the others are linear.
+NONLINEAR_POOLS = ("m", "s")
 
 
 @dataclass(frozen=True)
@@ -54,7 +65,9 @@ class ConvLayer:
         kernel: square kernel size.
         stride: convolution stride.
         padding: zero padding on each side.
-        pool: a key of :data:`POOLS`: ``m`` 2×2 max pool, ``a`` 2×2 average pool, ``i`` none.
+        pool: a key of :data:`POOLS`: ``m`` 2×2 max pool, ``a`` 2×2 average pool, ``i`` none,
+            ``s`` 2×2 softmax pool.
+        temperature: τ of the softmax pool (1 in the authors' VGG-5, 10 in their VGG-6).
 
     Example:
         >>> ConvLayer(32, kernel=5).output_hw(28, 28)
@@ -66,12 +79,14 @@ class ConvLayer:
     stride: int = 1
     padding: int = 0
     pool: str = field(default="m", metadata={"choices": POOLS})
+    temperature: float = 1.0
 
     def __post_init__(self) -> None:
         for name in ("channels", "kernel", "stride"):
             check_int(getattr(self, name), name, 1)
         check_int(self.padding, "padding", 0)
         check_choice(self.pool, POOLS, "pool")
+        check_number(self.temperature, "temperature")
 
     def conv_hw(self, h: int, w: int) -> tuple[int, int]:
         """Height and width of the convolution's output (before pooling) for an h×w input."""
@@ -192,13 +207,18 @@ class ConvInteraction(Interaction):
             return F.max_pool2d(pre_pool, 2, 2)
         if self.spec.pool == "a":
             return F.avg_pool2d(pre_pool, 2, 2)
+        if self.spec.pool == "s":
+            return softmax_pool(pre_pool, self.spec.temperature)[0]
         return pre_pool
 
     def _pool_with_context(self, z: Tensor) -> tuple[Tensor, Any]:
-        """P(z) and what the pool's transpose needs: (argmax, z) for max pool, else None."""
+        """P(z) and what the pool's transpose needs: (argmax, z) for max pool, the window
+        weights ∂P/∂z for softmax pool, else None."""
         if self.spec.pool == "m":
             pooled, argmax = F.max_pool2d(z, 2, 2, return_indices=True)
             return pooled, (argmax, z)
+        if self.spec.pool == "s":
+            return softmax_pool(z, self.spec.temperature)
         return self._pool(z), None
 
     def forward_drive(self, pre: Tensor) -> tuple[Tensor, Any]:
@@ -209,6 +229,8 @@ class ConvInteraction(Interaction):
         if self.spec.pool == "m":
             argmax, z = ctx
             return max_pool_scatter(post, z, argmax)
+        if self.spec.pool == "s":
+            return softmax_unpool(post, ctx, self.conv_hw)
         if self.spec.pool == "a":
             ch, cw = self.conv_hw
             up = post.repeat_interleave(2, dim=2).repeat_interleave(2, dim=3).mul_(0.25)
@@ -223,8 +245,18 @@ class ConvInteraction(Interaction):
             g, weight, stride=s.stride, padding=s.padding, output_padding=self._output_padding
         )
 
+    @property
+    def backward_weight(self) -> Tensor:
+        """The weight whose transposed convolution carries ``post`` back (W; B if asymmetric)."""
+        return self.conv.weight
+
+    def feedback_map(self, pre: Tensor) -> Tensor | None:
+        """The pre-pool map whose pool context ``backward_drive`` needs, when it is not the
+        forward map conv(pre) itself (asymmetric nets: conv_B(pre)); None here."""
+        return None
+
     def backward_drive(self, post: Tensor, ctx: Any) -> Tensor:
-        return self._transposed_conv(self._unpool(post, ctx), self.conv.weight)
+        return self._transposed_conv(self._unpool(post, ctx), self.backward_weight)
 
     def weights(self) -> list[nn.Parameter]:
         # nn.Conv2d annotates weight and bias as (optional) plain Tensors; both are Parameters

@@ -47,7 +47,8 @@ class NetworkSettings:
         for i, layer in enumerate(self.conv):
             if not isinstance(layer, ConvLayer):
                 raise invalid(layer, "a ConvLayer", f"conv[{i}]")
-        if not self.conv and not self.dense:
+        # A graph network (model.graph) declares its layers there instead.
+        if not self.conv and not self.dense and getattr(self, "graph", None) is None:
             raise SettingError(
                 "conv and dense are both empty; expected at least one hidden layer in either"
             )

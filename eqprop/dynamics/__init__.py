@@ -1,5 +1,6 @@
 """Relaxation dynamics: schedules, the solver and its results (imports core)."""
 
+from eqprop.dynamics.precision import PRECISIONS, precision_context, set_precision
 from eqprop.dynamics.schedules import (
     SCHEDULES,
     Schedule,
@@ -9,15 +10,7 @@ from eqprop.dynamics.schedules import (
     forward_backward_step,
     synchronous_step,
 )
-from eqprop.dynamics.solver import (
-    INITS,
-    PRECISIONS,
-    FreeRelaxation,
-    RelaxResult,
-    Solver,
-    precision_context,
-    relax,
-)
+from eqprop.dynamics.solver import INITS, FreeRelaxation, RelaxResult, Solver, relax
 
 __all__ = [
     "INITS",
@@ -33,5 +26,6 @@ __all__ = [
     "forward_backward_step",
     "precision_context",
     "relax",
+    "set_precision",
     "synchronous_step",
 ]

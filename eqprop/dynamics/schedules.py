@@ -202,6 +202,10 @@ SCHEDULES: dict[str, Schedule] = {
     "synchronous": synchronous_step,
     "even_odd": even_odd_step,
     "forward_backward": forward_backward_step,
+    # Graph schedules (eqprop.dynamics.graph_schedules); on a chain, whose proper colouring
+    # and parity split are both its even/odd split, they are the red-black sweep.
+    "coloured": even_odd_step,
+    "parity_jacobi": even_odd_step,
 }
 
 

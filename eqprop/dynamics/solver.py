@@ -15,7 +15,7 @@ Example:
 
 from __future__ import annotations
 
-import contextlib
+import dataclasses
 import functools
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -26,30 +26,23 @@ from torch import Tensor
 
 from eqprop.core import chain
 from eqprop.core.chain import ChainNetwork, State
+from eqprop.core.graph import GraphNetwork
 from eqprop.core.validation import check_choice, check_int, check_number
+from eqprop.dynamics.cuda_graph import can_capture, graphed_relax
+from eqprop.dynamics.graph_schedules import (
+    GRAPH_SCHEDULES,
+    graph_feedforward_state,
+    schedule_for,
+)
+from eqprop.dynamics.precision import PRECISIONS, precision_context
 from eqprop.dynamics.schedules import SCHEDULES, Nudge, Schedule, Workspace, feedforward_state
 
-__all__ = [
-    "INITS",
-    "PRECISIONS",
-    "FreeRelaxation",
-    "RelaxResult",
-    "Solver",
-    "precision_context",
-    "relax",
-]
+__all__ = ["INITS", "FreeRelaxation", "RelaxResult", "Solver", "relax"]
 
 #: Starting points of the free phase by name.
 INITS: dict[str, str] = {
     "zeros": "all-zero states (the paper's)",
     "feedforward": "one feedforward sweep without feedback",
-}
-
-#: Arithmetic of the relaxation by name. States always stay in the network's dtype.
-PRECISIONS: dict[str, str] = {
-    "float32": "the network's dtype throughout",
-    "tf32": "TF32 tensor-core matmuls and convolutions on CUDA (no effect on CPU)",
-    "bf16": "convolutions and matmuls autocast to bfloat16; states accumulated in float32",
 }
 
 
@@ -74,25 +67,8 @@ def _max_change(new: Sequence[Tensor], old: Sequence[Tensor]) -> Tensor:
 
 
 @functools.cache
-def _compiled(schedule: str) -> Schedule:
-    return torch.compile(SCHEDULES[schedule], dynamic=None)
-
-
-@contextlib.contextmanager
-def precision_context(precision: str, device: torch.device) -> Iterator[None]:
-    """Context in which the relaxation runs at ``precision`` (see :data:`PRECISIONS`)."""
-    if precision == "bf16":
-        with torch.autocast(device.type, dtype=torch.bfloat16):
-            yield
-    elif precision == "tf32" and device.type == "cuda":
-        matmul, cudnn = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
-        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
-        try:
-            yield
-        finally:
-            torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = matmul, cudnn
-    else:
-        yield
+def _compiled(schedule: str, graph: bool = False) -> Schedule:
+    return torch.compile((GRAPH_SCHEDULES if graph else SCHEDULES)[schedule], dynamic=None)
 
 
 def _nudge(net: ChainNetwork, dtype: torch.dtype, y: Tensor | None, beta: float | Tensor) -> Nudge:
@@ -119,7 +95,10 @@ class Solver:
         init: free-phase starting point, a key of :data:`INITS` (nudged phases always start from
             the free state).
         compile: run the step through ``torch.compile``.
-        precision: a key of :data:`PRECISIONS`.
+        precision: a key of :data:`~eqprop.dynamics.precision.PRECISIONS`.
+        cuda_graph: on CUDA, capture fixed-step relaxations in a CUDA graph and replay them
+            (:mod:`eqprop.dynamics.cuda_graph`); ignored (same results) on CPU and with
+            ``tol``.
     """
 
     schedule: str = field(default="synchronous", metadata={"choices": SCHEDULES})
@@ -128,6 +107,7 @@ class Solver:
     init: str = field(default="zeros", metadata={"choices": INITS})
     compile: bool = False
     precision: str = field(default="float32", metadata={"choices": PRECISIONS})
+    cuda_graph: bool = False
 
     def __post_init__(self) -> None:
         check_choice(self.schedule, SCHEDULES, "schedule")
@@ -140,8 +120,7 @@ class Solver:
     @property
     def solver(self) -> Solver:
         """This solver's own settings as a plain :class:`Solver` (for config subclasses)."""
-        names = ("schedule", "tol", "check_every", "init", "compile", "precision")
-        return Solver(**{n: getattr(self, n) for n in names})
+        return Solver(**{f.name: getattr(self, f.name) for f in dataclasses.fields(Solver)})
 
     def initial_state(self, net: ChainNetwork, input_drive: Tensor) -> State:
         """The free phase's starting point for a batch."""
@@ -149,6 +128,8 @@ class Solver:
 
     def start(self, net: ChainNetwork, input_drive: Tensor) -> tuple[State, Workspace]:
         """The free phase's starting point and a workspace that knows which states are zero."""
+        if self.init == "feedforward" and isinstance(net, GraphNetwork):
+            return graph_feedforward_state(net, input_drive), Workspace()
         if self.init == "feedforward":
             return feedforward_state(net, input_drive), Workspace()
         zeros = net.zero_state(input_drive.shape[0])
@@ -176,7 +157,8 @@ class Solver:
         if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
             raise ValueError(f"steps: {steps!r} is not valid; expected an int >= 1")
         nudge = _nudge(net, input_drive.dtype, y, beta)
-        step = _compiled(self.schedule) if self.compile else SCHEDULES[self.schedule]
+        graph = isinstance(net, GraphNetwork)
+        step = _compiled(self.schedule, graph) if self.compile else schedule_for(net, self.schedule)
         work = work if work is not None else Workspace()
         current = list(state)
         for t in range(first_step, first_step + steps):
@@ -209,6 +191,11 @@ class Solver:
         current = list(state)
         residual: float | None = None
         with torch.no_grad():
+            if self.cuda_graph and can_capture(input_drive, self.tol):
+                out = graphed_relax(
+                    net, self.schedule, self.precision, input_drive, current, steps, y, beta
+                )
+                return RelaxResult(out, steps, None)
             trajectory = self.trajectory(net, input_drive, current, steps, y, beta, work)
             for t, new in enumerate(trajectory, start=1):
                 if self.tol is not None and (t % self.check_every == 0 or t == steps):

@@ -18,21 +18,22 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, ClassVar, TypeVar
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from eqprop.core.chain import ChainNetwork, State, WeightGrads
 from eqprop.core.validation import check_choice
 from eqprop.dynamics.solver import Solver
+from eqprop.estimators.distributed import all_reduce_mean_, unwrap
 
 __all__ = [
     "ESTIMATORS",
     "Estimate",
     "GradientEstimator",
-    "accumulate",
+    "add_to_grads",
     "make_estimator",
     "predict",
     "register",
@@ -52,6 +53,8 @@ class Estimate:
         loss: per-example loss at s*, shape (B,).
         free_steps: steps taken by the free phase.
         nudged_steps: steps taken by the nudged phase(s) (the largest, when separate).
+        stats: per-batch counts an estimator reports for the run log (e.g. holomorphic EP's
+            convergence guard: ``guard_dropped``, ``guard_fallback``); empty by default.
     """
 
     free_state: State
@@ -61,6 +64,7 @@ class Estimate:
     loss: Tensor
     free_steps: int
     nudged_steps: int
+    stats: dict[str, float] = field(default_factory=dict)
 
     @property
     def predictions(self) -> Tensor:
@@ -97,17 +101,29 @@ class GradientEstimator(ABC):
         """Run after ``surrogate(...).backward()`` (and after any gradient all-reduce)."""
 
     def estimate(
-        self, net: ChainNetwork, x: Tensor, y: Tensor, state: Sequence[Tensor] | None = None
+        self, net: nn.Module, x: Tensor, y: Tensor, state: Sequence[Tensor] | None = None
     ) -> Estimate:
         """Add the batch-mean gradient to every ``.grad`` and return the estimate.
 
         Gradients accumulate like ``loss.backward()``: call ``optimizer.zero_grad()`` first.
-        No optimiser is stepped.
+        No optimiser is stepped. With a network wrapped in ``DistributedDataParallel`` the
+        gradients are then averaged across its process group (see
+        :mod:`eqprop.estimators.distributed`).
         """
+        module, group = unwrap(net)
+        est = self.accumulate(module, x, y, state)
+        if group is not None:
+            all_reduce_mean_([p.grad for p in module.parameters() if p.grad is not None], group)
+        self.after_backward(module)
+        return est
+
+    def accumulate(
+        self, net: ChainNetwork, x: Tensor, y: Tensor, state: Sequence[Tensor] | None
+    ) -> Estimate:
+        """This process's estimate added to ``.grad`` (default: the surrogate's backward)."""
         value, est = self.surrogate(net, x, y, state)
         with torch.enable_grad():
             value.backward()
-        self.after_backward(net)
         return est
 
     def state_dict(self) -> dict[str, Any]:
@@ -118,7 +134,7 @@ class GradientEstimator(ABC):
         """Restore :meth:`state_dict`."""
 
 
-def accumulate(grads: WeightGrads) -> None:
+def add_to_grads(grads: WeightGrads) -> None:
     """Add each gradient to its parameter's ``.grad``, as ``backward()`` would."""
     for p, g in grads:
         if not p.requires_grad:

@@ -20,6 +20,7 @@ import torch
 from torch import Tensor
 
 from eqprop.core.chain import ChainNetwork, State
+from eqprop.core.graph import GraphNetwork
 from eqprop.core.kernels import fast_layout
 from eqprop.core.validation import check_int, invalid
 from eqprop.dynamics.solver import Solver
@@ -34,6 +35,8 @@ def graph_input_drive(net: ChainNetwork, x: Tensor) -> Tensor:
     ``input_drive`` runs under ``no_grad`` (it is the relaxation's constant), but the first
     layer's weights act on every step through it, so BPTT needs it differentiable.
     """
+    if isinstance(net, GraphNetwork):  # the packed constants of every node
+        return net.graph_drive(x)[0]
     # The same channels-last layout as input_drive, for the same conv kernels.
     return fast_layout(net.interactions[0].forward_drive(fast_layout(x))[0])
 

@@ -30,7 +30,7 @@ from eqprop.dynamics.solver import Solver
 from eqprop.estimators.base import (
     Estimate,
     GradientEstimator,
-    accumulate,
+    add_to_grads,
     register,
     surrogate_of,
 )
@@ -134,13 +134,12 @@ class EPEstimator(GradientEstimator):
         grads, est = self._run(net, x, y, state)
         return surrogate_of(grads), est
 
-    def estimate(
-        self, net: ChainNetwork, x: Tensor, y: Tensor, state: Sequence[Tensor] | None = None
+    def accumulate(
+        self, net: ChainNetwork, x: Tensor, y: Tensor, state: Sequence[Tensor] | None
     ) -> Estimate:
         """Add the EP descent direction (batch mean) to every ``.grad``; no backward pass."""
         grads, est = self._run(net, x, y, state)
-        accumulate(grads)
-        self.after_backward(net)
+        add_to_grads(grads)
         return est
 
 

@@ -7,6 +7,7 @@ from the network's parameters, so the two implementations check each other.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, cast
 
@@ -21,17 +22,50 @@ from eqprop.core.network import EnergyNetwork
 if TYPE_CHECKING:
     from eqprop.core.asymmetric import AsymmetricInteraction
 
-__all__ = ["bptt_gradients", "reference_loss", "reference_phi", "reference_relax", "reference_step"]
+__all__ = [
+    "bptt_gradients",
+    "reference_holomorphic_gradients",
+    "reference_loss",
+    "reference_phi",
+    "reference_pool",
+    "reference_relax",
+    "reference_step",
+]
 
 
 def reference_loss(net: ChainNetwork, state: Sequence[Tensor], y: Tensor) -> Tensor:
-    """Per-example loss L(s, y), written out from the spec (§3)."""
+    """Per-example loss L(s, y), written out from the spec (§3).
+
+    Complex states give the holomorphic continuation (no conjugation, no modulus).
+    """
     if net.readout is None:
         target = torch.zeros_like(state[-1])
         target[torch.arange(len(y)), y] = 1.0
         return 0.5 * ((state[-1] - target) ** 2).sum(1)
-    logits = state[-1].flatten(1) @ net.readout.weight.T + net.readout.bias
+    dtype = state[-1].dtype
+    weight, bias = net.readout.weight.to(dtype), net.readout.bias.to(dtype)
+    logits = state[-1].flatten(1) @ weight.T + bias
     return torch.logsumexp(logits, 1) - logits.gather(1, y[:, None])[:, 0]
+
+
+def reference_pool(z: Tensor, pool: str, temperature: float = 1.0) -> Tensor:
+    """A 2×2 stride-2 pool (``m`` max, ``a`` average, ``s`` softmax, ``i`` none) written plainly.
+
+    Softmax pooling: P_w = Σ zᵢ e^{zᵢ/τ} / Σ e^{zᵢ/τ} over each window, the four window entries
+    taken by strided slicing; complex ``z`` gives its holomorphic continuation (average pool
+    and softmax pool only).
+    """
+    if pool == "m":
+        return F.max_pool2d(z, 2)
+    if pool == "i":
+        return z
+    h, w = z.shape[2] // 2 * 2, z.shape[3] // 2 * 2
+    v = torch.stack([z[:, :, i:h:2, j:w:2] for i in (0, 1) for j in (0, 1)])
+    if pool == "a":
+        return v.mean(0)
+    # The shift cancels in the ratio; it only keeps the exponentials finite.
+    e = torch.exp((v - v.real.amax(0, keepdim=True).detach()) / temperature)
+    return (v * e).sum(0) / e.sum(0)
 
 
 def reference_phi(
@@ -39,22 +73,21 @@ def reference_phi(
     x: Tensor,
     state: Sequence[Tensor],
     y: Tensor | None = None,
-    beta: float | Tensor = 0.0,
+    beta: complex | Tensor = 0.0,
 ) -> Tensor:
     """Φ_β(x, s, θ) = Σ_n ⟨s_n, P_n(W_n s_{n−1} + b_n)⟩ − β L(s, y), per example (B,)."""
-    total = x.new_zeros(x.shape[0])
+    total = x.new_zeros(x.shape[0], dtype=state[0].dtype)
     prev = x
     for layer, s in zip(net.interactions, state, strict=True):
+        dtype = prev.dtype  # complex states: the real weights are cast, as a complex net would
         if isinstance(layer, ConvInteraction):
             spec = layer.spec
-            z = F.conv2d(prev, layer.conv.weight, layer.conv.bias, spec.stride, spec.padding)
-            if spec.pool == "m":
-                z = F.max_pool2d(z, 2)
-            elif spec.pool == "a":
-                z = F.avg_pool2d(z, 2)
+            weight, bias = layer.conv.weight.to(dtype), cast(Tensor, layer.conv.bias).to(dtype)
+            z = F.conv2d(prev, weight, bias, spec.stride, spec.padding)
+            z = reference_pool(z, spec.pool, spec.temperature)
         else:
             dense = cast(DenseInteraction, layer)  # every other interaction is dense
-            z = prev.flatten(1) @ dense.linear.weight.T + dense.linear.bias
+            z = prev.flatten(1) @ dense.linear.weight.to(dtype).T + dense.linear.bias.to(dtype)
         total = total + (s * z).flatten(1).sum(1)
         prev = s
     if isinstance(beta, Tensor) or beta != 0.0:
@@ -69,19 +102,26 @@ def reference_step(
     x: Tensor,
     state: Sequence[Tensor],
     y: Tensor | None = None,
-    beta: float | Tensor = 0.0,
+    beta: complex | Tensor = 0.0,
     create_graph: bool = False,
 ) -> list[Tensor]:
     """One synchronous step s ← σ(∂Φ_β/∂s) with ∂Φ_β/∂s from autograd.
 
     With ``create_graph`` the step stays differentiable (for BPTT through the dynamics).
+    Complex states (and β) give the holomorphic step: PyTorch's reverse mode returns the
+    conjugate of a holomorphic derivative, which is conjugated back.
     """
     with torch.enable_grad():
         s = [
             t if (create_graph and t.requires_grad) else t.detach().requires_grad_() for t in state
         ]
         phi = reference_phi(net, x, s, y, beta).sum()
-        grads = torch.autograd.grad(phi, s, create_graph=create_graph)
+        if phi.is_complex():
+            grads = tuple(
+                g.conj() for g in torch.autograd.grad(phi, s, grad_outputs=torch.ones_like(phi))
+            )
+        else:
+            grads = torch.autograd.grad(phi, s, create_graph=create_graph)
     act = net.activation.fn
     return [act(g) if create_graph else act(g).detach() for g in grads]
 
@@ -127,6 +167,41 @@ def bptt_gradients(
     }
 
 
+def reference_holomorphic_gradients(
+    net: EnergyNetwork,
+    x: Tensor,
+    y: Tensor,
+    free_state: Sequence[Tensor],
+    points: int,
+    beta: float,
+    steps: int,
+) -> dict[str, Tensor]:
+    """Holomorphic EP's N-point estimate (``holomorphic-ep.md`` §2), the slow way.
+
+    Every point β_k = r e^{2πik/N} of the full circle runs ``steps`` complex reference steps
+    (:func:`reference_step`, complex128 states) from s*; the estimate is the gradient of the
+    real scalar Σ_k Re[(−1/(N β_k)) mean_b Φ_{β_k}(x, s^{β_k}, θ)] with the states held fixed,
+    i.e. Re (1/N) Σ_k (−1/β_k) ∂Φ_{β_k}/∂θ, readout included through the −β L term.
+    """
+    cdtype = torch.complex128 if x.dtype == torch.float64 else torch.complex64
+    total = x.new_zeros(())
+    for k in range(points):
+        b = beta * complex(math.cos(2 * math.pi * k / points), math.sin(2 * math.pi * k / points))
+        s = [t.detach().to(cdtype) for t in free_state]
+        for _ in range(steps):
+            s = reference_step(net, x, s, y, b)
+        with torch.enable_grad():
+            phi = reference_phi(net, x, [t.detach() for t in s], y, b).mean()
+            total = total + (phi * (-1.0 / (points * b))).real
+    params = dict(net.named_parameters())
+    with torch.enable_grad():
+        grads = torch.autograd.grad(total, list(params.values()), allow_unused=True)
+    return {
+        name: (g if g is not None else torch.zeros_like(p))
+        for (name, p), g in zip(params.items(), grads, strict=True)
+    }
+
+
 # ----------------------------------------------------------------- asymmetric networks (§4)
 
 __all__ += ["reference_asymmetric_phi", "reference_asymmetric_step"]
@@ -139,10 +214,7 @@ def _reference_term(
     if isinstance(layer, ConvInteraction):
         spec = layer.spec
         z = F.conv2d(pre, weight, bias, spec.stride, spec.padding)
-        if spec.pool == "m":
-            z = F.max_pool2d(z, 2)
-        elif spec.pool == "a":
-            z = F.avg_pool2d(z, 2)
+        z = reference_pool(z, spec.pool, spec.temperature)
     else:
         z = pre.flatten(1) @ weight.T
         if bias is not None:

@@ -12,6 +12,7 @@ from torch import Tensor
 from eqprop.core import NETWORKS, ChainNetwork
 from eqprop.dynamics import FreeRelaxation, Solver
 from eqprop.estimators import GradientEstimator, make_estimator
+from eqprop.train.convert import ConfigError
 from eqprop.train.datasets import Dataset
 from eqprop.train.loader import EpochLoader, normalizer_for, split_validation
 from eqprop.train.optimizers import OPTIMIZERS, SCHEDULERS
@@ -32,7 +33,8 @@ __all__ = [
 
 
 class TrainingError(RuntimeError):
-    """A run that cannot go on (non-finite values, mismatched resume); the message says why."""
+    """A run that cannot go on (non-finite values, a file-system error while it runs); the
+    message says why and what checkpoint is left."""
 
 
 def resolve_device(name: str) -> torch.device:
@@ -41,7 +43,16 @@ def resolve_device(name: str) -> torch.device:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     device = torch.device(name)
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise TrainingError(f"train.device: {name!r} requested but CUDA is not available here")
+        raise ConfigError(
+            f"{name!r} is not valid on this machine (CUDA is not available); expected cpu or auto",
+            "train.device",
+        )
+    if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
+        raise ConfigError(
+            f"{name!r} is not valid on this machine; expected cuda:0 to "
+            f"cuda:{torch.cuda.device_count() - 1}, cpu or auto",
+            "train.device",
+        )
     return device
 
 
@@ -62,7 +73,8 @@ def build_network(
 
     ``net(x)`` relaxes with the run's solver for ``dynamics.resolved_eval_steps`` steps.
     """
-    shape = tuple(input_shape) if cfg.model.conv else (math.prod(input_shape),)
+    image = cfg.model.conv or cfg.model.graph is not None
+    shape = tuple(input_shape) if image else (math.prod(input_shape),)
     # Initialisation draws from a local generator state so that it never depends on what ran
     # before in the process.
     with torch.random.fork_rng(devices=[]):
@@ -78,6 +90,8 @@ def build_estimator(cfg: ExperimentConfig) -> GradientEstimator:
     return make_estimator(
         e.kind, beta=e.beta, free_steps=d.free_steps, nudged_steps=d.nudged_steps,
         full=e.full_bptt, solver=build_solver(cfg), batch_phases=d.batch_phases, seed=cfg.seed,
+        points=e.points, online=e.online, online_periods=e.online_periods, guard=e.guard,
+        jacobian_reg=e.jacobian_reg, jacobian_probes=e.jacobian_probes,
     )  # fmt: skip
 
 
@@ -117,6 +131,13 @@ def make_splits(
     """Seeded validation split, normalisation and loaders, all on ``device``."""
     n = data.y_train.shape[0]
     val_size = cfg.data.resolved_val_size(n)
+    if val_size >= n:
+        default = f" (the default for {cfg.data.dataset})" if cfg.data.val_size is None else ""
+        raise ConfigError(
+            f"{val_size}{default} is not valid; expected fewer than the {n} training examples "
+            "of this data set (0 for no validation split)",
+            "data.val_size",
+        )
     train_idx, val_idx = split_validation(n, val_size, cfg.seed)
     if cfg.data.train_size is not None:
         train_idx = train_idx[: cfg.data.train_size]

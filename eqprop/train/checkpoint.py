@@ -25,6 +25,10 @@ Keys stored by the trainer (the convention every writer and reader of checkpoint
 - ``config`` (dict): the run configuration as a plain (YAML/JSON-compatible) dict.
 - ``metrics_history`` (list[dict]): one record per completed epoch, as logged by
   :class:`eqprop.train.runlog.RunLogger`.
+- ``partial`` (dict): the current epoch's running statistics (errors, loss, relaxation steps,
+  ``train_seconds`` and ``seconds`` so far), so that a resumed epoch logs what an
+  uninterrupted one would.
+- ``wall_seconds`` (float): wall time of the run up to this save, over every session.
 - ``eqprop_version`` (str): version of the package that wrote the checkpoint.
 
 Only :data:`REQUIRED_KEYS` are checked on load; the rest are optional so that partial payloads
@@ -35,10 +39,11 @@ from __future__ import annotations
 
 import os
 import random
+import re
 import uuid
 from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, cast
 
 import numpy as np
 import torch
@@ -52,6 +57,7 @@ __all__ = [
     "rng_state",
     "save_checkpoint",
     "set_rng_state",
+    "with_path",
 ]
 
 CHECKPOINT_VERSION = 1
@@ -84,22 +90,59 @@ def atomic_write(path: Path, write: Callable[[IO[bytes]], object]) -> None:
     """Write ``path`` through ``write(file)`` into a temp file, fsync, then ``os.replace``.
 
     Readers (and a process killed at any moment) see the old file or the new one, never a
-    partial one.
+    partial one. Any failure removes the temp file and leaves the old file in place.
+
+    Raises:
+        OSError: the write failed (full disk, read-only, ...); its ``filename`` is ``path``,
+            even when a library (``torch.save``) hid the original error behind its own.
     """
     # Same directory as the target so os.replace is a rename within one filesystem (atomic);
     # the unique suffix keeps concurrent writers (and leftovers of killed ones) from colliding.
     tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
     try:
-        with open(tmp, "xb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
+        with open(tmp, "xb") as raw:
+            f = _ErrorKeepingFile(raw)
+            try:
+                write(cast(IO[bytes], f))
+            except Exception as exc:
+                if f.error is None or f.error is exc:
+                    raise
+                raise f.error from exc  # torch.save reports ENOSPC as "unexpected pos"
+            raw.flush()
+            os.fsync(raw.fileno())
         os.replace(tmp, path)
+    except OSError as err:
+        tmp.unlink(missing_ok=True)
+        raise with_path(err, path) from err
     except BaseException:
         # BaseException too: a KeyboardInterrupt mid-write must not leave the temp file behind.
         tmp.unlink(missing_ok=True)
         raise
     _fsync_dir(path.parent)
+
+
+def with_path(err: OSError, path: str | os.PathLike[str]) -> OSError:
+    """The same error, naming ``path`` (the file the user knows, not a temp file)."""
+    return OSError(err.errno, err.strerror or str(err), os.fspath(path))
+
+
+class _ErrorKeepingFile:
+    """A file wrapper that remembers the first ``OSError`` of a write, for callers whose
+    libraries turn it into something less telling."""
+
+    def __init__(self, raw: IO[bytes]) -> None:
+        self._raw = raw
+        self.error: OSError | None = None
+
+    def write(self, data: bytes) -> int:
+        try:
+            return self._raw.write(data)
+        except OSError as err:
+            self.error = self.error or err
+            raise
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._raw, name)
 
 
 def _fsync_dir(directory: Path) -> None:
@@ -145,13 +188,9 @@ def load_checkpoint(
     try:
         data = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as exc:
-        # torch raises many types here (RuntimeError, UnpicklingError, EOFError, ...), often
-        # with multi-line messages; keep ours to one line with the first line of the cause.
-        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-        reason = f"{type(exc).__name__}: {first_line}" if first_line else type(exc).__name__
         raise CheckpointError(
-            f"{path} is not a valid eqprop checkpoint (unreadable: {reason})"
-        ) from exc
+            f"{path} is not a valid eqprop checkpoint ({_load_failure(exc)})"
+        ) from None
     if not isinstance(data, dict) or "version" not in data:
         raise CheckpointError(f"{path} is not a valid eqprop checkpoint (no version field)")
     version = data["version"]
@@ -168,6 +207,24 @@ def load_checkpoint(
     if missing:
         raise CheckpointError(f"{path} is missing required checkpoint keys: {', '.join(missing)}")
     return data
+
+
+def _load_failure(exc: Exception) -> str:
+    """Why ``torch.load`` failed, on one line, without its advice to load unsafely."""
+    text = str(exc)
+    forbidden = re.search(r"(?:Unsupported global: |unsupported )GLOBAL ([\w.]+)", text)
+    if forbidden:
+        return (
+            f"it holds {forbidden.group(1)}, which a checkpoint never does; refused, as loading "
+            "it could run code"
+        )
+    if "Weights only load failed" in text:  # the reason follows torch's advice, if given
+        reason = re.search(r"WeightsUnpickler error:\s*(.+)", text)
+        text = f"{reason.group(1).strip()}" if reason else "not a checkpoint of tensors"
+    # torch raises many types here (RuntimeError, UnpicklingError, EOFError, ...), often with
+    # multi-line messages; keep the first line of the cause.
+    first_line = text.strip().splitlines()[0] if text.strip() else ""
+    return f"unreadable: {type(exc).__name__}" + (f": {first_line}" if first_line else "")
 
 
 def rng_state() -> dict[str, Any]:

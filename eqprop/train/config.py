@@ -27,6 +27,8 @@ from typing import Any, cast
 import yaml
 
 from eqprop.core.validation import invalid, show, suggest
+from eqprop.train.checkpoint import atomic_write
+from eqprop.train.confdiff import INCIDENTAL, changed_paths, flatten
 from eqprop.train.convert import (
     ConfigError,
     config_to_dict,
@@ -64,6 +66,7 @@ __all__ = [
     "TrainConfig",
     "config_from_dict",
     "config_to_dict",
+    "config_yaml",
     "list_presets",
     "load_config",
     "preset_path",
@@ -124,19 +127,28 @@ def _read_yaml(path: Path) -> dict[Any, Any]:
         data = yaml.load(text, Loader=_Loader)  # a SafeLoader subclass: no arbitrary objects
     except yaml.YAMLError as err:
         raise ConfigError(_yaml_error(err), str(path)) from None
-    if data is None:  # an empty file is an empty config
-        return {}
+    if data is None:
+        raise ConfigError(
+            "the file is empty (or holds only comments); expected a mapping of config sections, "
+            "e.g. 'extends: digits-quickstart'",
+            str(path),
+        )
     if not isinstance(data, dict):
         raise ConfigError(f"top level is a {type(data).__name__}; expected a mapping", str(path))
     return data
 
 
+def config_yaml(cfg: ExperimentConfig) -> str:
+    """``cfg`` as the YAML text :func:`load_config` reads back to an equal config."""
+    return yaml.safe_dump(config_to_dict(cfg), sort_keys=False, default_flow_style=None)
+
+
 def save_config(cfg: ExperimentConfig, path: str | Path) -> None:
-    """Write ``cfg`` as YAML to ``path`` (parent directories are created)."""
+    """Write ``cfg`` as YAML to ``path`` atomically (parent directories are created)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    text = yaml.safe_dump(config_to_dict(cfg), sort_keys=False, default_flow_style=None)
-    path.write_text(text, encoding="utf-8")
+    text = config_yaml(cfg).encode("utf-8")
+    atomic_write(path, lambda f: f.write(text))
 
 
 # --------------------------------------------------------------------------------------------
@@ -229,10 +241,13 @@ def _apply_overrides(raw: Mapping[Any, Any], overrides: Sequence[str]) -> dict[A
 # Presets and loading.
 
 
-def _preset_files() -> list[Path]:
+def _preset_dir() -> Path:
     # Presets ship as package data in a regular directory (setuptools package-data).
-    directory = Path(str(resources.files("eqprop.presets")))
-    return sorted(directory.glob("*.yaml"), key=lambda p: p.stem)
+    return Path(str(resources.files("eqprop.presets")))
+
+
+def _preset_files() -> list[Path]:
+    return sorted(_preset_dir().glob("*.yaml"), key=lambda p: p.stem)
 
 
 def list_presets() -> list[tuple[str, str]]:
@@ -269,11 +284,32 @@ def load_config(source: str | Path, overrides: Sequence[str] = ()) -> Experiment
         ConfigError: for an unreadable or invalid file, an unknown preset, a malformed or
             unknown override, or an invalid resulting config.
     """
-    return config_from_dict(_apply_overrides(_resolve_raw(source, ()), overrides))
+    raw = _resolve_raw(source, ())
+    path = _source_path(source)
+    if path.parent != _preset_dir() and "name" not in _read_yaml(path):
+        raw["name"] = path.stem  # a user's file without a name names its runs after itself
+    final = _apply_overrides(raw, overrides)
+    if not any(o.partition("=")[0].strip() == "description" for o in overrides):
+        _describe_changes(str(raw.get("name", source)), raw, final)
+    return config_from_dict(final)
+
+
+def _describe_changes(base: str, before: Mapping[Any, Any], after: dict[Any, Any]) -> None:
+    """Replace an inherited description that the changes made untrue by one that says what
+    changed (fields that do not change what a run computes are left out)."""
+    changed = changed_paths(before, after, ignore=INCIDENTAL)
+    if changed:
+        flat = flatten(after)
+        shown = [f"{k}={show(flat[k]) if k in flat else '(default)'}" for k in changed[:8]]
+        more = f" and {len(changed) - 8} more" if len(changed) > 8 else ""
+        after["description"] = f"{base} with {', '.join(shown)}{more}"
 
 
 def _source_path(source: str | Path) -> Path:
     path = Path(source)
+    if path.is_dir():
+        hint = "; to continue a run, use 'eqprop resume'" if (path / "config.yaml").exists() else ""
+        raise ConfigError(f"is a directory; expected a YAML file or a preset name{hint}", str(path))
     if not path.is_file():
         if isinstance(source, Path) or len(path.parts) > 1 or path.suffix in (".yaml", ".yml"):
             raise ConfigError("no such config file", str(path))
@@ -307,4 +343,7 @@ def _resolve_raw(source: str | Path, seen: tuple[str, ...]) -> dict[Any, Any]:
         raise ConfigError(f"{show(parent)} makes a cycle of 'extends'", "extends")
     relative = path.parent / parent
     base = _resolve_raw(relative if relative.is_file() else parent, (*seen, str(path.resolve())))
-    return _merge(base, raw)
+    merged = _merge(base, raw)
+    if "description" not in raw:
+        _describe_changes(parent, base, merged)
+    return merged

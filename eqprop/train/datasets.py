@@ -28,6 +28,7 @@ from eqprop.train.readers import (
     check_splits,
     read_cifar,
     read_idx,
+    read_imagenet32,
     read_npz,
 )
 
@@ -56,9 +57,6 @@ NORMALIZATIONS: dict[str, str] = {
 
 DIGITS_TRAIN_SIZE = 1497
 DIGITS_TEST_SIZE = 300
-# Legacy RandomState streams are frozen by numpy's compatibility policy, so this split never
-# changes across library versions.
-_DIGITS_SPLIT_SEED = 0
 
 
 class Stats(NamedTuple):
@@ -119,16 +117,13 @@ class DatasetSpec:
 
 
 def _read_digits(key: str, files: Sequence[Path], shape: ImageShape | None) -> RawSplits:
-    """scikit-learn's 8×8 digits, 0..16 rescaled to 0..255, with a fixed train/test split."""
-    # Imported lazily: scikit-learn takes about a second to import and only digits needs it.
-    from sklearn.datasets import load_digits
+    """The 8×8 digits shipped with eqprop (``eqprop/train/digits.npz``, no scikit-learn needed).
 
-    bunch = load_digits()
-    images = np.rint(bunch.images * (255.0 / 16.0)).astype(np.uint8)[:, None]
-    labels = bunch.target.astype(np.int64)
-    perm = np.random.RandomState(_DIGITS_SPLIT_SEED).permutation(len(labels))
-    tr, te = perm[:DIGITS_TRAIN_SIZE], perm[DIGITS_TRAIN_SIZE:]
-    return RawSplits(images[tr], labels[tr], images[te], labels[te])
+    The file holds scikit-learn's bundled copy as it loads it (``load_digits``), pixel values
+    0..16 rescaled to 0..255 with ``rint``, split with
+    ``numpy.random.RandomState(0).permutation(1797)``: the first 1,497 indices are train.
+    """
+    return read_npz(key, (Path(__file__).with_name("digits.npz"),), shape)
 
 
 _IDX_FILES = (
@@ -181,6 +176,21 @@ DATASETS: dict[str, DatasetSpec] = {
     "npz": DatasetSpec("npz", image_shape=None, num_classes=None, source="npz", reader=read_npz),
 }
 # fmt: on
+
+# Downsampled ImageNet 32×32 (Chrabaszcz et al. 2017), the official .npz batch files as their
+# two archives unpack: Imagenet32_train_npz/train_data_batch_{1..10}.npz and
+# Imagenet32_val_npz/val_data.npz. The validation set serves as the test split; 10,000 training
+# images are held out for model selection. No download: the files need a registration.
+_IMAGENET = Stats((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
+DATASETS["imagenet32"] = DatasetSpec(
+    "imagenet32", image_shape=(3, 32, 32), num_classes=1000, default_val_size=10000,
+    source="files", reader=read_imagenet32,
+    files=(
+        *(f"Imagenet32_train_npz/train_data_batch_{i}.npz" for i in range(1, 11)),
+        "Imagenet32_val_npz/val_data.npz",
+    ),
+    search_dirs=("imagenet32", "Imagenet32", ""), standard=_IMAGENET,
+)  # fmt: skip
 
 # The statistics under their historical names, kept importable for existing callers.
 MNIST_MEAN, MNIST_STD = _MNIST
@@ -252,9 +262,10 @@ def load_dataset(
 
     Sources (``root`` as resolved by :func:`resolve_data_dir`):
 
-    - ``digits``: scikit-learn's embedded 8×8 digits, pixel values 0..16 rescaled to 0..255.
-      The split is fixed: ``numpy.random.RandomState(0).permutation(1797)``, whose first 1,497
-      indices are train and last 300 are test. ``root`` is ignored.
+    - ``digits``: the 8×8 digits shipped with eqprop (scikit-learn's copy), pixel values
+      0..16 rescaled to 0..255. The split is fixed:
+      ``numpy.random.RandomState(0).permutation(1797)``, whose first 1,497 indices are train
+      and last 300 are test. ``root`` is ignored.
     - ``npz``: ``root`` is an ``.npz`` file holding ``x_train, y_train, x_test, y_test``
       (uint8 images as (N, H, W), (N, H, W, 3) or (N, C, H, W)); num_classes is the largest
       label + 1.
@@ -363,12 +374,16 @@ def _find_files(
 def _download(spec: DatasetSpec, path: Path) -> None:
     try:
         import torchvision.datasets as tvd
-    except ImportError as err:
+
+        cls = getattr(tvd, spec.torchvision_class or "")
+    except Exception as err:  # not installed, or broken (a torch/torchvision mismatch)
+        problem = "is not installed" if isinstance(err, ImportError) else "fails to import"
+        first_line = (str(err).strip().splitlines() or [""])[0]
         raise DataError(
-            f"{spec.name}: --download needs torchvision, which is not installed ({err}); "
-            f"pip install torchvision, or put the files under {path} yourself"
+            f"{spec.name}: --download needs torchvision, which {problem} "
+            f"({type(err).__name__}: {first_line}); pip install torchvision (matching torch), "
+            f"or put the files under {path} yourself"
         ) from None
-    cls = getattr(tvd, spec.torchvision_class or "")
     try:
         for train in (True, False):
             cls(root=str(path), train=train, download=True)

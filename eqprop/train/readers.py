@@ -28,6 +28,7 @@ __all__ = [
     "check_splits",
     "read_cifar",
     "read_idx",
+    "read_imagenet32",
     "read_npz",
 ]
 
@@ -135,7 +136,8 @@ def read_cifar(
     """Read CIFAR python batches: every file but the last is train, the last is test.
 
     ``label_key`` is ``"labels"`` for CIFAR-10 and ``"fine_labels"`` for CIFAR-100. The
-    batches are Python pickles, so only read files you trust.
+    batches are Python pickles; they are read with an unpickler that admits only plain data
+    and numpy arrays, so a crafted file is refused instead of running code.
     """
     parts: list[tuple[np.ndarray, np.ndarray]] = []
     for path in files:
@@ -164,14 +166,55 @@ def read_cifar(
 def _unpickle(path: Path) -> dict[object, object]:
     try:
         with path.open("rb") as f:
-            obj = pickle.load(f, encoding="bytes")
-    except Exception as err:  # unpickling can fail with nearly any exception type
+            obj = _CifarUnpickler(f, encoding="bytes").load()
+    except _ForbiddenGlobal as err:
         raise DataError(
-            f"{path}: not a readable CIFAR pickle: {type(err).__name__}: {err}"
+            f"{path}: not a CIFAR batch: it asks to load {err}, which CIFAR batches never hold "
+            "(they are dicts of lists, bytes, strings, numbers and numpy arrays); refused, as "
+            "loading it could run code"
+        ) from None
+    except Exception as err:  # unpickling can fail with nearly any exception type
+        first_line = (str(err).strip().splitlines() or [""])[0]
+        raise DataError(
+            f"{path}: not a readable CIFAR pickle: {type(err).__name__}: {first_line}"
         ) from None
     if not isinstance(obj, dict):
         raise DataError(f"{path}: expected a pickled dict, got {type(obj).__name__}")
     return obj
+
+
+class _ForbiddenGlobal(Exception):
+    """A pickle asked for a global outside :data:`_CIFAR_GLOBALS` (its dotted name)."""
+
+
+def _cifar_globals() -> dict[tuple[str, str], object]:
+    """The only callables a CIFAR batch's pickle needs: numpy's array and scalar rebuilders
+    (under numpy 1's and numpy 2's module names) and the codec Python 3 uses for bytes."""
+    import codecs
+
+    array = np.zeros(1, np.uint8)
+    found: dict[tuple[str, str], object] = {("_codecs", "encode"): codecs.encode}
+    for module in ("numpy.core", "numpy._core"):
+        found[(f"{module}.multiarray", "_reconstruct")] = array.__reduce__()[0]
+        found[(f"{module}.multiarray", "scalar")] = np.int64(0).__reduce__()[0]
+        found[(f"{module}.numeric", "_frombuffer")] = array.__reduce_ex__(5)[0]
+    found[("numpy", "ndarray")] = np.ndarray
+    found[("numpy", "dtype")] = np.dtype
+    return found
+
+
+_CIFAR_GLOBALS = _cifar_globals()
+
+
+class _CifarUnpickler(pickle.Unpickler):
+    """Unpickles plain data and numpy arrays only: any other global (a function to call, a
+    class to build) is refused, so a crafted file cannot run code."""
+
+    def find_class(self, module: str, name: str) -> object:
+        try:
+            return _CIFAR_GLOBALS[(module, name)]
+        except KeyError:
+            raise _ForbiddenGlobal(f"{module}.{name}") from None
 
 
 def _pickle_entry(d: dict[object, object], key: str, path: Path) -> object:
@@ -212,6 +255,52 @@ def read_npz(key: str, files: Sequence[Path], shape: ImageShape | None) -> RawSp
             )
     x_train, y_train, x_test, y_test = (arrays[k] for k in _NPZ_KEYS)
     return RawSplits(x_train, y_train, x_test, y_test, sources=(path, path))
+
+
+# --------------------------------------------------------------------------------------------
+# Downsampled ImageNet (32×32): the official .npz batch files
+# --------------------------------------------------------------------------------------------
+
+
+def read_imagenet32(key: str, files: Sequence[Path], shape: ImageShape | None) -> RawSplits:
+    """Read downsampled-ImageNet ``.npz`` batches: every file but the last is train, the last
+    (``val_data.npz``) is the held-out split, used as the test split.
+
+    Each file holds ``data``, (N, 3·S·S) uint8 rows laid out as in CIFAR (the R plane, then G,
+    then B, each row-major), and ``labels``, 1-based class numbers (1..1000), returned 0-based.
+    Other arrays in the file (the train batches' ``mean``) are ignored.
+    """
+    parts: list[tuple[np.ndarray, np.ndarray]] = []
+    for path in files:
+        try:
+            with np.load(path, allow_pickle=False) as z:
+                missing = [k for k in ("data", "labels") if k not in z.files]
+                if missing:
+                    raise DataError(f"{path}: missing arrays {missing} (has {z.files})")
+                data, labels = z["data"], np.asarray(z["labels"])
+        except (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error) as err:
+            raise DataError(
+                f"{path}: not a readable .npz file: {type(err).__name__}: {err}"
+            ) from None
+        side = math.isqrt(data.shape[1] // 3) if data.ndim == 2 else 0
+        if data.ndim != 2 or side < 1 or data.shape[1] != 3 * side * side:
+            raise DataError(f"{path}: data has shape {data.shape} but expected (N, 3*S*S)")
+        if len(labels) != len(data):
+            raise DataError(f"{path}: {len(data)} images but {len(labels)} labels")
+        if labels.size and np.issubdtype(labels.dtype, np.integer) and labels.min() < 1:
+            raise DataError(
+                f"{path}: labels hold {int(labels.min())}, but the downsampled-ImageNet files "
+                "number classes from 1 (1..1000)"
+            )
+        images = _images(data.reshape(-1, 3, side, side), "data", path, key, shape)
+        parts.append((images, _labels(labels, "labels", path) - 1))
+    train, test = parts[:-1], parts[-1]
+    return RawSplits(
+        np.concatenate([p[0] for p in train]),
+        np.concatenate([p[1] for p in train]),
+        *test,
+        sources=(files[0], files[-1]),
+    )
 
 
 # --------------------------------------------------------------------------------------------

@@ -17,6 +17,7 @@ import datetime as _dt
 import io
 import json
 import os
+import time
 import warnings
 from collections.abc import Mapping
 from pathlib import Path
@@ -26,7 +27,8 @@ from typing import IO, Any
 import numpy as np
 import torch
 
-from eqprop.train.checkpoint import atomic_write
+from eqprop.train.checkpoint import atomic_write, with_path
+from eqprop.train.curves import draw_curves
 from eqprop.train.environment import environment_facts
 
 __all__ = ["RunLogger", "environment_facts"]
@@ -47,24 +49,34 @@ class RunLogger:
 
     Attributes:
         run_dir: The run directory.
-        plots: Whether ``curves.png`` is redrawn after each epoch.
+        plots: Whether ``curves.png`` is drawn: after the first epoch, then at most every
+            ``plot_interval`` seconds (drawing takes about 0.3 s, far more than an epoch of a
+            small run), and when the logger closes.
         tensorboard_active: True when TensorBoard logging was requested and is available.
         tensorboard_error: Why TensorBoard is inactive despite being requested, else ``None``.
     """
 
     def __init__(
-        self, run_dir: str | os.PathLike[str], tensorboard: bool = False, plots: bool = True
+        self,
+        run_dir: str | os.PathLike[str],
+        tensorboard: bool = False,
+        plots: bool = True,
+        plot_interval: float = 10.0,
     ) -> None:
         """Create ``run_dir`` (if needed) and load any existing history.
 
         Args:
             run_dir: The run directory.
             tensorboard: Log scalars to ``run_dir/tensorboard`` if TensorBoard is importable.
-            plots: Redraw ``run_dir/curves.png`` after every epoch.
+            plots: Draw ``run_dir/curves.png`` (see the class attributes).
+            plot_interval: Seconds between redraws of ``curves.png`` while logging.
         """
         self.run_dir = Path(run_dir)
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self.plots = plots
+        self.plot_interval = plot_interval
+        self._drawn_at: float | None = None  # time.monotonic() of the last draw
+        self._undrawn = False  # records logged since the last draw
         self.tensorboard_active = False
         self.tensorboard_error: str | None = None
         self._summary_writer_cls: Any = None
@@ -149,13 +161,24 @@ class RunLogger:
         Args:
             n_epochs: Last epoch to keep; 0 empties the history.
         """
-        self._history = [r for r in self._history if r["epoch"] <= n_epochs]
+        self.restore([r for r in self._history if r["epoch"] <= n_epochs])
+
+    def restore(self, records: list[dict[str, Any]]) -> None:
+        """Make the log hold exactly ``records`` (a checkpoint's history, which is authoritative
+        on resume: it drops epochs logged after the checkpoint and restores any the log lost).
+
+        Args:
+            records: Epoch records, in order.
+        """
+        self._history = [{str(k): _plain(v) for k, v in r.items()} for r in records]
         self._fields = _fields_of(self._history)
         self._rewrite_jsonl()
         self._rewrite_csv()
         if self.tensorboard_active:
-            self._reset_tensorboard(purge_from=n_epochs + 1)
+            last = int(self._history[-1]["epoch"]) if self._history else 0
+            self._reset_tensorboard(purge_from=last + 1)
         if self.plots:
+            self._undrawn = False
             if self._history:
                 self._draw_curves()
             else:
@@ -178,10 +201,14 @@ class RunLogger:
         if not _is_int(record.get("epoch")):
             raise ValueError(f"epoch record needs an integer 'epoch', got {record.get('epoch')!r}")
         rec = {str(k): _plain(v) for k, v in record.items()}
-        with open(self.run_dir / METRICS_JSONL, "a", encoding="utf-8") as f:
-            f.write(json.dumps(rec, default=_json_default) + "\n")
-            f.flush()
-            os.fsync(f.fileno())
+        path = self.run_dir / METRICS_JSONL
+        try:
+            with open(path, "a", encoding="utf-8") as f:
+                f.write(json.dumps(rec, default=_json_default) + "\n")
+                f.flush()
+                os.fsync(f.fileno())
+        except OSError as err:  # a torn line is dropped on the next load
+            raise with_path(err, path) from err
         self._history.append(rec)
 
         new_fields = [k for k in rec if k not in self._fields]
@@ -190,13 +217,19 @@ class RunLogger:
             self._fields.extend(new_fields)
             self._rewrite_csv()
         else:
-            with open(self.run_dir / METRICS_CSV, "a", encoding="utf-8", newline="") as f:
-                self._csv_writer(f).writerow(_csv_row(rec))
+            try:
+                with open(self.run_dir / METRICS_CSV, "a", encoding="utf-8", newline="") as f:
+                    self._csv_writer(f).writerow(_csv_row(rec))
+            except OSError as err:  # the CSV is regenerated from the JSONL on the next load
+                raise with_path(err, self.run_dir / METRICS_CSV) from err
 
         if self.tensorboard_active:
             self._log_tensorboard(rec)
         if self.plots:
-            self._draw_curves()
+            due = self._drawn_at is None or time.monotonic() - self._drawn_at >= self.plot_interval
+            if due:
+                self._draw_curves()
+            self._undrawn = not due
 
     def write_json(self, name: str, obj: Any) -> Path:
         """Atomically write ``obj`` as indented JSON to ``run_dir/name``.
@@ -257,44 +290,17 @@ class RunLogger:
         self._writer.flush()
 
     def _draw_curves(self) -> None:
-        from matplotlib.backends.backend_agg import FigureCanvasAgg
-        from matplotlib.figure import Figure
-
-        series: dict[str, tuple[list[int], list[float]]] = {}
-        for key in self._fields:
-            if key == "epoch":
-                continue
-            points = [(r["epoch"], float(r[key])) for r in self._history if _is_number(r.get(key))]
-            if points:
-                series[key] = ([p[0] for p in points], [p[1] for p in points])
-        panels: list[tuple[str, list[str]]] = [
-            ("error rate", [k for k in series if "error" in k.lower()]),
-            ("loss", [k for k in series if "loss" in k.lower()]),
-        ]
-        lr_keys = [k for k in series if k.lower().startswith("lr")]
-        if lr_keys:
-            panels.append(("learning rate", lr_keys))
-
-        # A bare Figure with its own Agg canvas: no pyplot, so no global backend state or
-        # figure registry is touched (safe in headless runs and alongside user plotting).
-        fig = Figure(figsize=(7.0, 2.6 * len(panels)), layout="constrained")
-        FigureCanvasAgg(fig)
-        axes = fig.subplots(len(panels), 1, sharex=True, squeeze=False)[:, 0]
-        for ax, (label, keys) in zip(axes, panels, strict=True):
-            for key in keys:
-                xs, ys = series[key]
-                ax.plot(xs, ys, marker="o", markersize=3, label=key)
-            ax.set_ylabel(label)
-            ax.grid(True, alpha=0.3)
-            if keys:
-                ax.legend(fontsize="small")
-        axes[-1].set_xlabel("epoch")
-        atomic_write(self.run_dir / CURVES_PNG, lambda f: fig.savefig(f, format="png", dpi=100))
+        draw_curves(self._history, self._fields, self.run_dir / CURVES_PNG)
+        self._drawn_at = time.monotonic()
 
     # ------------------------------------------------------------------ lifecycle
 
-    def close(self) -> None:
-        """Flush and close the TensorBoard writer (idempotent; files are already on disk)."""
+    def close(self, draw: bool = True) -> None:
+        """Draw the curves if they lag behind (unless ``draw`` is false), flush and close the
+        TensorBoard writer (idempotent)."""
+        if self._undrawn and draw:
+            self._undrawn = False
+            self._draw_curves()
         if self._writer is not None:
             self._writer.close()
             self._writer = None
@@ -308,7 +314,7 @@ class RunLogger:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        self.close()
+        self.close(draw=exc is None)  # after an error (a full disk?) leave the files alone
 
 
 def _import_summary_writer() -> Any:

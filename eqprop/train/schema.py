@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from eqprop.core import NETWORKS, AsymmetricSettings, ConvLayer
+from eqprop.core import NETWORKS, AsymmetricSettings, ConvLayer, GraphSettings
 from eqprop.core.validation import invalid, show
 from eqprop.dynamics import Solver
 from eqprop.estimators import ESTIMATORS
@@ -103,9 +103,16 @@ class ModelConfig(Section, AsymmetricSettings):
     Attributes:
         kind: a key of :data:`~eqprop.core.NETWORKS`; ``update_rule`` and ``feedback_init``
             apply to ``asymmetric`` only.
+        graph: ``graph`` only: the states and edges (:class:`~eqprop.core.GraphSettings`);
+            conv, dense, output and activation are then unused.
     """
 
     kind: str = field(default="symmetric", metadata={"choices": NETWORKS})
+    graph: GraphSettings | None = None
+
+    def _validate(self) -> None:
+        if (self.kind == "graph") != (self.graph is not None):
+            raise ConfigError("expected model.graph exactly when model.kind is graph", "graph")
 
 
 @dataclass(frozen=True)
@@ -141,13 +148,31 @@ class EstimatorConfig(Section):
             (+β and −β), or ``bptt``: backpropagation through time, the paper's baseline
             (``dynamics.free_steps`` − ``dynamics.nudged_steps`` steps without a graph, then
             ``nudged_steps`` steps with one; memory grows with the steps kept).
-        beta: nudging strength |β| (unused by ``bptt``).
+        beta: nudging strength |β| (unused by ``bptt``); for ``holomorphic`` and
+            ``generalized`` the radius of the circle of complex β.
         full_bptt: ``bptt`` only: back-propagate through all ``free_steps`` steps.
+        points: ``holomorphic``: N >= 1 points on the circle (1 one-sided, 2 symmetric EP
+            exactly; more need holomorphic pieces: dsilu/mysig/sigmoid/tanh, softmax or average
+            pools); ``generalized``: N points for the neuronal error vector, or 0 for the
+            forward-mode "exact δ".
+        online: ``holomorphic``: β keeps turning round the circle, ``nudged_steps`` steps per
+            point, the state carried from point to point.
+        online_periods: periods of the online variant, the first (the transient) discarded.
+        guard: ``holomorphic``/``generalized`` with N > 2: leave out examples whose relaxation
+            did not converge, or fall back to N = 2 for them (counts in the run log).
+        jacobian_reg: ``generalized``: weight λ_h of the Jacobian-homeostasis regulariser.
+        jacobian_probes: ``generalized``: random probes per example of that regulariser.
     """
 
     kind: str = field(default="symmetric", metadata={"choices": ESTIMATORS})
     beta: float = field(default=0.5, metadata=POSITIVE)
     full_bptt: bool = False
+    points: int = field(default=2, metadata=INT_GE0)
+    online: bool = False
+    online_periods: int = field(default=3, metadata=INT_GE1)
+    guard: bool = True
+    jacobian_reg: float = field(default=0.0, metadata=NON_NEGATIVE)
+    jacobian_probes: int = field(default=5, metadata=INT_GE1)
 
 
 @dataclass(frozen=True)

@@ -158,8 +158,13 @@ def test_missing_file(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize(
     "content",
-    [b"", b"this is not a checkpoint\n" * 10, b"PK\x03\x04" + os.urandom(256)],
-    ids=["empty", "text", "fake-zip"],
+    [
+        b"",
+        b"this is not a checkpoint\n" * 10,
+        b"PK\x03\x04" + os.urandom(256),
+        bytes(random.Random(0).randrange(256) for _ in range(4096)),
+    ],
+    ids=["empty", "text", "fake-zip", "random-bytes"],
 )
 def test_garbage_file(tmp_path: Path, content: bytes) -> None:
     path = tmp_path / "garbage.pt"
@@ -169,6 +174,7 @@ def test_garbage_file(tmp_path: Path, content: bytes) -> None:
     message = str(info.value)
     assert str(path) in message
     assert "\n" not in message
+    assert "unreadable" in message and "weights_only" not in message  # no unsafe advice
 
 
 def test_truncated_checkpoint(tmp_path: Path) -> None:

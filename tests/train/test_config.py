@@ -262,7 +262,7 @@ BAD = {
         _from(_with(estimator={"kind": "symetric"})),
         [
             "estimator.kind: 'symetric' is not one of bptt, one_sided, random_sign, "
-            "symmetric (did you mean 'symmetric'?)"
+            "symmetric, holomorphic, generalized (did you mean 'symmetric'?)"
         ],
     ),
     "lr tuple of wrong length": (

@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 import torch
 
+import eqprop
 import eqprop.train.runlog as runlog
 from eqprop.train.runlog import RunLogger, environment_facts
 
@@ -263,42 +264,60 @@ EXPECTED_FACTS = {
     "python_implementation",
     "platform",
     "machine",
+    "host",
     "torch",
     "numpy",
     "eqprop",
+    "git_commit",
+    "git_dirty",
     "cuda_available",
     "cuda_version",
     "cuda_devices",
     "cpu_count",
     "torch_threads",
-    "git_commit",
     "timestamp",
 }
 
 
-def test_environment_facts_outside_git(tmp_path: Path) -> None:
-    facts = environment_facts(cwd=tmp_path)
+def test_environment_facts(tmp_path: Path) -> None:
+    facts = environment_facts()
     assert set(facts) == EXPECTED_FACTS
     assert facts["torch"] == torch.__version__
     assert facts["numpy"] == np.__version__
-    assert isinstance(facts["eqprop"], str)
+    assert facts["eqprop"] == eqprop.__version__
     assert isinstance(facts["cuda_devices"], list)
-    assert facts["git_commit"] is None
     assert facts["timestamp"].endswith("+00:00")
     json.dumps(facts)  # environment.json must be writable as-is
 
 
 @pytest.mark.skipif(shutil.which("git") is None, reason="git not installed")
-def test_environment_facts_git_commit(tmp_path: Path) -> None:
-    def git(*args: str) -> str:
+def test_git_commit_is_eqprops_own_never_the_current_directorys(tmp_path, monkeypatch) -> None:
+    def git(cwd: Path, *args: str) -> str:
         return subprocess.run(
             ["git", "-c", "user.name=t", "-c", "user.email=t@t", *args],
-            cwd=tmp_path,
+            cwd=cwd,
             check=True,
             capture_output=True,
             text=True,
         ).stdout.strip()
 
-    git("init", "-q")
-    git("commit", "-q", "--allow-empty", "-m", "init")
-    assert environment_facts(cwd=tmp_path)["git_commit"] == git("rev-parse", "HEAD")
+    git(tmp_path, "init", "-q")
+    git(tmp_path, "commit", "-q", "--allow-empty", "-m", "someone else's repository")
+    monkeypatch.chdir(tmp_path)
+    source = Path(eqprop.__file__).resolve().parents[1]
+    expected = git(source, "rev-parse", "HEAD") if (source / ".git").exists() else None
+    commit = environment_facts()["git_commit"]
+    assert commit == expected
+    assert commit != git(tmp_path, "rev-parse", "HEAD")
+
+
+def test_curves_are_drawn_after_the_first_epoch_then_throttled_and_completed_on_close(
+    tmp_path: Path,
+) -> None:
+    png = tmp_path / "curves.png"
+    with RunLogger(tmp_path, plots=True, plot_interval=float("inf")) as logger:
+        logger.log_epoch(record(1))
+        first = png.read_bytes()
+        logger.log_epoch(record(2))
+        assert png.read_bytes() == first  # drawing costs more than a small run's epoch
+    assert png.read_bytes() != first  # the last epochs are drawn when the logger closes

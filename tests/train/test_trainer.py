@@ -7,12 +7,13 @@ import signal
 
 import pytest
 import torch
+from tinyruns import signal_at_batch
 
 from eqprop.train.checkpoint import load_checkpoint
-from eqprop.train.config import load_config
+from eqprop.train.config import ConfigError, load_config
 from eqprop.train.trainer import Trainer, TrainingError
 
-TIMING_KEYS = {"seconds"}
+TIMING_KEYS = {"seconds", "train_seconds", "eval_seconds"}
 
 
 def small_config(**extra: str):
@@ -60,18 +61,9 @@ def test_interrupted_then_resumed_run_equals_uninterrupted_run(tmp_path, monkeyp
 
     cut = tmp_path / "cut"
     trainer = Trainer(small_config(), cut, quiet=True)
-    original = Trainer._train_batch
-    calls = {"n": 0}
-
-    def train_batch_then_ctrl_c(self, x, y):
-        original(self, x, y)
-        calls["n"] += 1
-        if calls["n"] == stop_at:
-            signal.raise_signal(signal.SIGINT)  # what Ctrl-C does
-
-    monkeypatch.setattr(Trainer, "_train_batch", train_batch_then_ctrl_c)
+    signal_at_batch(monkeypatch, stop_at, signal.SIGINT)  # what Ctrl-C does
     assert trainer.fit()["interrupted"]
-    monkeypatch.setattr(Trainer, "_train_batch", original)
+    monkeypatch.undo()
     ckpt = load_checkpoint(cut / "checkpoints" / "last.pt")
     assert ckpt["batch"] > 0  # saved mid-epoch
 
@@ -83,10 +75,11 @@ def test_interrupted_then_resumed_run_equals_uninterrupted_run(tmp_path, monkeyp
     assert all(torch.equal(final_a[k], final_b[k]) for k in final_a)
 
 
-def test_resume_refuses_a_different_config(tmp_path):
+def test_resume_refuses_a_different_config_naming_the_fields(tmp_path):
     Trainer(small_config(**{"train.epochs": "1"}), tmp_path, quiet=True).fit()
-    with pytest.raises(TrainingError, match="configuration differs"):
-        Trainer(small_config(**{"train.epochs": "1", "optim.lr": "0.3"}), tmp_path).fit(resume=True)
+    changed = small_config(**{"train.epochs": "1", "optim.lr": "0.3", "model.dense": "[16]"})
+    with pytest.raises(ConfigError, match=r"config.yaml: differs .* in 2 field\(s\): model.dense"):
+        Trainer(changed, tmp_path).fit(resume=True)
 
 
 def test_non_finite_values_stop_the_run_and_keep_the_last_good_checkpoint(tmp_path, monkeypatch):

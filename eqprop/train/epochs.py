@@ -1,0 +1,87 @@
+"""One epoch's bookkeeping: running statistics and the fields of its metrics record."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from eqprop.analysis.gdu import check_gdu
+from eqprop.core import ChainNetwork
+from eqprop.core.asymmetric import AsymmetricNetwork
+from eqprop.dynamics import Solver
+from eqprop.train.loader import EpochLoader
+from eqprop.train.schema import ExperimentConfig
+
+__all__ = ["EpochStats", "gdu_summary", "model_fields"]
+
+
+@dataclass
+class EpochStats:
+    """Running statistics of one epoch (saved in mid-epoch checkpoints)."""
+
+    errors: int = 0
+    loss_sum: float = 0.0
+    count: int = 0
+    free_steps: list[int] = field(default_factory=list)
+    nudged_steps: list[int] = field(default_factory=list)
+    train_seconds: float = 0.0  # the batches so far, over every session
+    seconds: float = 0.0  # wall time of the epoch in earlier sessions
+
+    def as_dict(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+    def add(self, errors: int, loss_sum: float, count: int, free: int, nudged: int) -> None:
+        """Count one batch."""
+        self.errors += errors
+        self.loss_sum += loss_sum
+        self.count += count
+        self.free_steps.append(free)
+        self.nudged_steps.append(nudged)
+
+    @property
+    def accuracy(self) -> float:
+        return 1 - self.errors / max(self.count, 1)
+
+    def fields(self) -> dict[str, Any]:
+        """Training error and loss, relaxation steps (mean and max) of the epoch."""
+        n = max(self.count, 1)
+        return {
+            "train_error": self.errors / n,
+            "train_loss": self.loss_sum / n,
+            "free_steps_mean": sum(self.free_steps) / max(len(self.free_steps), 1),
+            "free_steps_max": max(self.free_steps, default=0),
+            "nudged_steps_mean": sum(self.nudged_steps) / max(len(self.nudged_steps), 1),
+            "nudged_steps_max": max(self.nudged_steps, default=0),
+        }
+
+
+def model_fields(net: ChainNetwork, optimizer: torch.optim.Optimizer) -> dict[str, Any]:
+    """Learning rate per layer and, for asymmetric nets, the W–B angle per layer (degrees)."""
+    out: dict[str, Any] = {f"lr_layer{i}": g["lr"] for i, g in enumerate(optimizer.param_groups)}
+    if isinstance(net, AsymmetricNetwork):
+        out.update({f"angle_{layer}": a for layer, a in net.weight_angles().items()})
+    return out
+
+
+def gdu_summary(
+    net: ChainNetwork, loader: EpochLoader, cfg: ExperimentConfig, solver: Solver
+) -> dict[str, float | None]:
+    """Summary numbers of a small EP-versus-BPTT check at the run's β (no sweep)."""
+    x, y = next(iter(loader.epoch(0)))
+    n = cfg.log.check_batch
+    d = cfg.dynamics
+    report = check_gdu(
+        net, x[:n], y[:n], free_steps=d.free_steps, nudged_steps=d.nudged_steps,
+        betas=(cfg.estimator.beta,), sweep_betas=(), solver=solver,
+    )  # fmt: skip
+    (comparison,) = report.comparisons
+    ratios = [r for r in comparison.layers.values() if r is not None]
+    out: dict[str, float | None] = {
+        f"gdu_{variant}_{key}": comparison.totals[variant][key]
+        for variant in ("plus", "minus", "sym")
+        for key in ("rmse", "final_error")
+    }
+    out["gdu_layer_ratio_mean"] = sum(ratios) / len(ratios) if ratios else None
+    return out
