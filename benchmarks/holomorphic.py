@@ -9,13 +9,18 @@ Prints one JSON object. Usage:
   examples, on the same holomorphic net. Nets: the authors' VGG-5 (the paper's CIFAR-10 net with
   softmax pooling, τ = 1, and ``dsilu``, cross-entropy readout) and the MNIST MLP 784-512-10
   (``mysig``, squared error; the ``mnist-mlp`` preset's net). The real step of the paper's own
-  net (max pool, ``my_hard_sig``) is timed too, for scale. ``complex_over_real`` is the ratio
-  the issue's target (≤ 2.5) is about.
+  net (max pool, ``my_hard_sig``) is timed too, for scale; the MLP's complex step also with its
+  complex activation compiled (``dynamics.compile: true``). ``complex_over_real_*`` is the
+  ratio the issue's target (≤ 2.5) is about.
 - ``iteration``: one training iteration (``HolomorphicEP.estimate`` + an SGD step) with N = 2,
   4 and 6 points: the MNIST MLP with the ``mnist-mlp`` preset's steps (T1 30, T2 10, batch 50),
-  and the VGG-5 at batch 32 with T1 20, T2 6 (a fraction of the recipe's 250/60, same ratios of
-  work between the phases). N = 2 relaxes 2 real points, N = 4 adds one complex point, N = 6
-  two.
+  the ``fashion-conv-hep2``/``-hep4`` presets' conv net with their steps (even/odd, T1 10, T2 4,
+  batch 64), and the VGG-5 at batch 32 with T1 20, T2 6 (a fraction of the recipe's 250/60).
+  N = 2 relaxes 2 real points, N = 4 adds one complex point, N = 6 two.
+
+Every timing is given as the median wall seconds and the median process CPU seconds
+(``time.process_time``): with ``--threads 1`` the latter is the compute itself even when other
+jobs share the cores, which the wall time is not.
 """
 
 from __future__ import annotations
@@ -23,16 +28,39 @@ from __future__ import annotations
 import argparse
 import functools
 import json
+import os
 import platform
+import statistics
+import time
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
-from common import median_time, one_step, paper_cifar10, seeded, sgd
+from common import one_step, paper_cifar10, seeded, sgd, sync
 
 from eqprop import ConvLayer, EnergyNetwork, Solver
 from eqprop.core.holomorphic import PlanarNetwork, planar_states, to_planar
 from eqprop.core.planar import Rows
 from eqprop.estimators import HolomorphicEP
+
+
+def timed(fn: Callable[[], object], reps: int, warmup: int, device: torch.device) -> dict:
+    """Median wall seconds and median process CPU seconds of ``fn`` over ``reps`` calls.
+
+    With one thread the CPU seconds are the compute a call needs, whatever else shares the
+    cores; the wall seconds include the waits when it does.
+    """
+    for _ in range(warmup):
+        fn()
+    wall, cpu = [], []
+    for _ in range(reps):
+        sync(device)
+        w0, c0 = time.perf_counter(), time.process_time()
+        fn()
+        sync(device)
+        wall.append(time.perf_counter() - w0)
+        cpu.append(time.process_time() - c0)
+    return {"wall_s": statistics.median(wall), "cpu_s": statistics.median(cpu)}
 
 
 def hep_vgg5() -> EnergyNetwork:
@@ -53,7 +81,9 @@ def _batch(net: EnergyNetwork, batch: int, device: torch.device) -> tuple[torch.
     return x, y
 
 
-def step_costs(name: str, net: EnergyNetwork, batch: int, reps: int, device) -> dict:
+def step_costs(
+    name: str, net: EnergyNetwork, batch: int, reps: int, device, compiled: bool = False
+) -> dict:
     """Seconds per real step (B examples) and per complex step (B complex examples)."""
     net = net.to(device)
     x, y = _batch(net, batch, device)
@@ -77,15 +107,23 @@ def step_costs(name: str, net: EnergyNetwork, batch: int, reps: int, device) -> 
     def cplx() -> None:
         one_step(view, p_drive, p_state, nudge=complex_nudge)
 
-    t_real = median_time(real, reps, 2, device)
-    t_complex = median_time(cplx, reps, 2, device)
-    return {
+    t_real = timed(real, reps, 2, device)
+    t_complex = timed(cplx, reps, 2, device)
+    out = {
         "net": name,
         "batch": batch,
-        "real_s_per_step": t_real,
-        "complex_s_per_step": t_complex,
-        "complex_over_real": t_complex / t_real,
+        "real_step": t_real,
+        "complex_step": t_complex,
+        "complex_over_real_wall": t_complex["wall_s"] / t_real["wall_s"],
+        "complex_over_real_cpu": t_complex["cpu_s"] / t_real["cpu_s"],
     }
+    if compiled:  # the complex activation through torch.compile (dynamics.compile: true)
+        fast = PlanarNetwork(net, rows, compile=True)
+        fast_nudge = functools.partial(fast.nudge_drive, y=onehot.repeat(2, 1), beta=beta)
+        t_fast = timed(lambda: one_step(fast, p_drive, p_state, nudge=fast_nudge), reps, 3, device)
+        out["complex_step_compiled_activation"] = t_fast
+        out["compiled_complex_over_real_cpu"] = t_fast["cpu_s"] / t_real["cpu_s"]
+    return out
 
 
 def paper_real_step(batch: int, reps: int, device) -> dict:
@@ -96,19 +134,27 @@ def paper_real_step(batch: int, reps: int, device) -> dict:
     state = Solver().relax(net, drive, None, 5).state
     onehot = F.one_hot(y, net.num_classes).to(drive.dtype)
     nudge = functools.partial(net.nudge_drive, y=onehot, beta=0.5)
-    t = median_time(lambda: one_step(net, drive, state, nudge=nudge), reps, 2, device)
-    return {"net": "cifar10_paper_max_pool_my_hard_sig", "batch": batch, "real_s_per_step": t}
+    t = timed(lambda: one_step(net, drive, state, nudge=nudge), reps, 2, device)
+    return {"net": "cifar10_paper_max_pool_my_hard_sig", "batch": batch, "real_step": t}
+
+
+def fashion_conv_hep() -> EnergyNetwork:
+    """The fashion-conv-hep2/4 presets' net: conv 16-32 (5×5, softmax pools), dsilu, CE."""
+    conv = [ConvLayer(16, 5, 1, 0, "s"), ConvLayer(32, 5, 1, 0, "s")]
+    return EnergyNetwork((1, 28, 28), conv=conv, output="ce", activation="dsilu")
 
 
 def iteration_costs(
-    name: str, make, batch: int, steps: tuple[int, int], beta: float, reps: int, device
-) -> dict:
+    name: str, make, batch: int, steps: tuple[int, int], beta: float, reps: int, device,
+    schedule: str = "synchronous",
+) -> dict:  # fmt: skip
     """Seconds per training iteration (estimate + SGD step) for N = 2, 4, 6."""
-    out: dict = {"net": name, "batch": batch, "free_steps": steps[0], "nudged_steps": steps[1]}
+    out: dict = {"net": name, "batch": batch, "free_steps": steps[0], "nudged_steps": steps[1],
+                 "schedule": schedule}  # fmt: skip
     for n in (2, 4, 6):
         net = seeded(make).to(device)
         x, y = _batch(net, batch, device)
-        est = HolomorphicEP(beta, steps[0], steps[1], points=n)
+        est = HolomorphicEP(beta, steps[0], steps[1], Solver(schedule=schedule), points=n)
         opt = sgd(net)
 
         def iteration(net=net, est=est, opt=opt, x=x, y=y) -> None:
@@ -116,9 +162,10 @@ def iteration_costs(
             est.estimate(net, x, y)
             opt.step()
 
-        out[f"N{n}_s_per_iteration"] = median_time(iteration, reps, 1, device)
+        out[f"N{n}"] = timed(iteration, reps, 1, device)
     for n in (4, 6):
-        out[f"N{n}_over_N2"] = out[f"N{n}_s_per_iteration"] / out["N2_s_per_iteration"]
+        for kind in ("wall", "cpu"):
+            out[f"N{n}_over_N2_{kind}"] = out[f"N{n}"][f"{kind}_s"] / out["N2"][f"{kind}_s"]
     return out
 
 
@@ -132,6 +179,7 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
+    load = os.getloadavg()[0]  # other jobs on the machine: see the module docstring
     reps = 3 if args.quick else args.reps
     steps = []
     for batch in (32,) if args.quick else (32, 128):
@@ -139,10 +187,14 @@ def main() -> None:
         steps.append(paper_real_step(batch, reps, device))
     for batch in (50,) if args.quick else (32, 50, 128):
         net = seeded(mnist_mlp_mysig)
-        steps.append(step_costs("mnist_mlp_784_512_10_mysig", net, batch, reps * 10, device))
+        steps.append(
+            step_costs("mnist_mlp_784_512_10_mysig", net, batch, reps * 10, device, compiled=True)
+        )
     iterations = [
         iteration_costs("mnist_mlp_784_512_10_mysig", mnist_mlp_mysig, 50, (30, 10), 0.1,
                         reps * 4, device),
+        iteration_costs("fashion_conv_16_32_softmax_pool_dsilu", fashion_conv_hep, 64, (10, 4),
+                        1.0, reps * 2, device, "even_odd"),
         iteration_costs("vgg5_softmax_pool_dsilu", hep_vgg5, 32, (20, 6), 1.0, reps, device),
     ]  # fmt: skip
     print(json.dumps({
@@ -151,6 +203,7 @@ def main() -> None:
         "torch": torch.__version__,
         "threads": torch.get_num_threads(),
         "cpu": platform.processor() or platform.machine(),
+        "load_average_at_start": load,
         "step": steps,
         "iteration": iterations,
     }, indent=2))  # fmt: skip

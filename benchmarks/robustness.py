@@ -231,7 +231,7 @@ def stopped_runs(
 
 
 def concurrent_writers(work: Path, trials: int) -> dict[str, Any]:
-    second = refused = 0
+    second, failures = 0, []
     for i in range(trials):
         run = work / f"busy-{i}"
         first = _start_training(run)
@@ -240,13 +240,14 @@ def concurrent_writers(work: Path, trials: int) -> dict[str, Any]:
         for args in (["train", *RUN, "--out", str(run)], ["resume", str(run)]):
             res = eqprop(*args)
             second += 1
-            refused += int(
-                res.returncode == 2 and "is in use by process" in res.stderr and one_line_error(res)
-            )
+            if not (res.returncode == 2 and "is in use by" in res.stderr and one_line_error(res)):
+                alive = first.poll() is None
+                failures.append({"args": args[0], "exit": res.returncode, "first_alive": alive,
+                                 "stderr": res.stderr[-600:]})  # fmt: skip
         first.send_signal(signal.SIGTERM)
         first.communicate(timeout=120)
-        log(f"concurrent writers {i + 1}/{trials}: {refused}/{second} refused so far")
-    return {"second_writers": second, "refused": refused}
+        log(f"concurrent writers {i + 1}/{trials}: {len(failures)} not refused so far")
+    return {"second_writers": second, "refused": second - len(failures), "failures": failures}
 
 
 # ------------------------------------------------------------------------------ full disk

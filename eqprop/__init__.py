@@ -9,12 +9,15 @@ The layers, from the mathematics up: :mod:`eqprop.core` (activations, interactio
 from importlib.metadata import PackageNotFoundError, version
 
 from eqprop.core import ACTIVATIONS, AsymmetricNetwork, ChainNetwork, ConvLayer, EnergyNetwork
+from eqprop.core.graph import GraphNetwork
 from eqprop.dynamics import FreeRelaxation, RelaxResult, Solver, relax
 from eqprop.estimators import (
     BPTT,
     ESTIMATORS,
     Estimate,
+    GeneralizedHolomorphicEP,
     GradientEstimator,
+    HolomorphicEP,
     OneSidedEP,
     RandomSignEP,
     SymmetricEP,
@@ -37,7 +40,10 @@ __all__ = [
     "EnergyNetwork",
     "Estimate",
     "FreeRelaxation",
+    "GeneralizedHolomorphicEP",
     "GradientEstimator",
+    "GraphNetwork",
+    "HolomorphicEP",
     "OneSidedEP",
     "RandomSignEP",
     "RelaxResult",

@@ -6,7 +6,7 @@ Each rank relaxes its shard of the global batch; gradients are averaged across r
 - ``DDP(SurrogateLoss(net, estimator))(x, y).backward()``: the surrogate's backward, reduced by
   DDP as any loss (the form trainers that own backward use), then ``after_backward``.
 
-Run on CPU with two processes: ``torchrun --nproc_per_node=2 examples/ddp.py``
+Run on CPU with two processes: ``torchrun --standalone --nproc_per_node=2 examples/ddp.py``
 (on GPUs the backend is NCCL and each rank uses ``cuda:LOCAL_RANK``).
 """
 

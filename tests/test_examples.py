@@ -26,7 +26,7 @@ def test_ddp_example_keeps_the_replicas_identical():
     torchrun = shutil.which("torchrun", path=str(Path(sys.executable).parent)) or "torchrun"
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     out = subprocess.run(
-        [torchrun, "--nproc_per_node=2", str(EXAMPLES / "ddp.py")],
+        [torchrun, "--standalone", "--nproc_per_node=2", str(EXAMPLES / "ddp.py")],
         capture_output=True, text=True, timeout=120, env=env, check=False,
     )  # fmt: skip
     assert out.returncode == 0, out.stderr[-2000:]

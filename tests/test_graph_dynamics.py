@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from eqprop import BPTT, Solver, make_estimator
+from eqprop.analysis import check_gdu
 from eqprop.core.graph import GraphNetwork
 from eqprop.core.graph_builders import residual_graph
 from eqprop.dynamics.graph_schedules import _block_sweep, graph_drives
@@ -167,3 +168,43 @@ def test_symmetric_ep_matches_bptt_on_a_residual_net_with_slopes_one_and_two(
     slope_sym = np.polyfit(np.log(betas), np.log(errors["symmetric"]), 1)[0]
     assert slope_one == pytest.approx(1.0, abs=0.15)
     assert slope_sym == pytest.approx(2.0, abs=0.2)
+
+
+def test_gdu_holds_step_by_step_on_a_residual_graph():
+    """EP's per-step increments equal BPTT's per-step gradients (synchronous schedule) for
+    every edge, node bias and node of a converged float64 residual net."""
+    net = residual_net(5, widths=(3, 4), side=8, activation="sigmoid")
+    torch.manual_seed(8)
+    x = torch.rand(3, 2, 8, 8, dtype=torch.float64)
+    y = torch.randint(0, 4, (3,))
+    report = check_gdu(net, x, y, free_steps=3000, nudged_steps=8, betas=(1e-4,),
+                       sweep_betas=None, solver=Solver(tol=1e-15))  # fmt: skip
+    c = report.comparisons[0]
+    assert len(c.tensors) == len(list(net.parameters())) + len(net.state_shapes)
+    for name, t in c.tensors.items():
+        assert t.rmse["sym"] < 1e-2 and t.sign_error["sym"] == 0.0, name
+    assert c.totals["sym"]["final_error"] < 1e-5
+
+
+def test_batched_phases_tolerance_stopping_and_feedforward_start_on_a_graph():
+    """Nudged phases relaxed as one batch give the separate phases' gradient; the tolerance
+    stops the relaxation early; a feedforward start reaches the zero start's fixed point."""
+    net = residual_net(4, activation="relu6")
+    torch.manual_seed(9)
+    x, y = torch.rand(3, 2, 8, 8, dtype=torch.float64), torch.randint(0, 4, (3,))
+    grads = []
+    for batched in (True, False):
+        net.zero_grad()
+        solver = Solver(schedule="coloured")
+        est = make_estimator("symmetric", beta=0.2, free_steps=20, nudged_steps=6,
+                             solver=solver, batch_phases=batched)  # fmt: skip
+        est.estimate(net, x, y)
+        grads.append(flat_grads(net))
+    assert float((grads[0] - grads[1]).abs().max()) <= 1e-12
+    drive = net.input_drive(x)
+    cold = Solver(schedule="coloured", tol=1e-12).relax(net, drive, None, 5000)
+    warm = Solver(schedule="coloured", tol=1e-12, init="feedforward").relax(net, drive, None, 5000)
+    assert cold.steps < 5000 and cold.residual is not None and cold.residual < 1e-12
+    assert (
+        max(float((a - b).abs().max()) for a, b in zip(cold.state, warm.state, strict=True)) < 1e-9
+    )

@@ -334,7 +334,7 @@ def test_check_command_reports_errors_and_slopes_by_points(tmp_path, capsys):
     out = tmp_path / "check"
     args = [
         "check", "digits-quickstart", "--hep", "--random-data", "--float64", "--batch", "3",
-        "--set", "model.activation=dsilu", "--free-steps", "60", "--nudged-steps", "40",
+        "--set", "model.activation=dsilu", "--free-steps", "40", "--nudged-steps", "30",
         "--points", "1", "2", "4", "--beta", "0.5", "--sweep", "0.1", "0.4", "3", "--out",
         str(out),
     ]  # fmt: skip
@@ -359,3 +359,35 @@ def test_single_precision_states_follow_the_double_precision_estimate():
     net32 = net.float()
     got = flat(grads(net32, HolomorphicEP(0.5, 30, 15, points=4), x.float(), y))
     assert got.dtype == torch.float32 and rel(got.double(), want) <= 1e-4
+
+
+@pytest.mark.slow
+def test_compiled_complex_activation_gives_the_eager_estimate():
+    """dynamics.compile: the planar relaxation keeps eager steps and compiles its complex
+    activation (one fused loop); the estimate is the eager one to round-off."""
+    torch.manual_seed(0)
+    net = EnergyNetwork((7,), dense=[6], num_classes=3, output="ce", activation="dsilu").double()
+    x, y = batch(net)  # one state layer: one shape to compile
+    eager = flat(grads(net, HolomorphicEP(0.4, 20, 8, points=4), x, y))
+    fast = HolomorphicEP(0.4, 20, 8, Solver(compile=True), points=4)
+    assert rel(flat(grads(net, fast, x, y)), eager) <= 1e-12
+
+
+def test_warm_start_and_clipping_follow_the_ep_estimators():
+    """N <= 2 runs EPEstimator's own code (its warm start included); N > 2 keeps the +|β|
+    point's state as the next free phase's start, and resumes it from state_dict."""
+    net = dense_net()
+    x, y = batch(net)
+    for n in (2, 4):
+        est = HolomorphicEP(0.3, 10, 4, points=n, warm_start=True, clip_grad_norm=1e-3)
+        out = est.estimate(net, x, y)
+        assert torch.equal(est.state_dict()["warm"][0], out.nudged_states[0][0])
+        norm = torch.cat([p.grad.flatten() for p in net.parameters()]).norm()
+        assert float(norm) <= 1e-3 * (1 + 1e-12)
+        again = HolomorphicEP(0.3, 10, 4, points=n, warm_start=True)
+        again.load_state_dict(est.state_dict())
+        net.zero_grad(set_to_none=True)
+        warm = again.estimate(net, x, y)
+        cold = HolomorphicEP(0.3, 10, 4, points=n).estimate(net, x, y, est.state_dict()["warm"])
+        pairs = zip(warm.free_state, cold.free_state, strict=True)
+        assert max(float((a - b).abs().max()) for a, b in pairs) == 0

@@ -42,44 +42,55 @@ def default_run_dir(prefix: str) -> Path:
 
 def _train(args: argparse.Namespace) -> int:
     from eqprop.train.config import load_config
+    from eqprop.train.distributed import is_main_process
     from eqprop.train.rundir import RunDirectory
     from eqprop.train.trainer import Trainer
 
     cfg = load_config(args.config, run_overrides(args))
     out = Path(args.out) if args.out else default_run_dir(cfg.name)
-    # Checked, created and locked before any data loads: a bad --out fails at once.
-    run = RunDirectory.claim(out, resume=False, field="--out")
+    # Checked, created and locked before any data loads: a bad --out fails at once. Under
+    # torchrun only rank 0 owns (and writes) the run directory.
+    run = RunDirectory.claim(out, resume=False, field="--out") if is_main_process() else None
     try:
-        trainer = Trainer(cfg, run, quiet=args.quiet)
-        print(f"eqprop: training {cfg.name} on {trainer.device} into {out}", flush=True)
-        return _report(trainer.fit(), out)
+        trainer = Trainer(cfg, run or out, quiet=args.quiet)
+        if trainer.ranks.is_main:
+            print(f"eqprop: training {cfg.name} on {trainer.device} into {out}", flush=True)
+        return _report(trainer.fit(), out, trainer.ranks.is_main)
     finally:
-        run.release(remove_if_unused=True)
+        if run is not None:
+            run.release(remove_if_unused=True)
 
 
 def _resume(args: argparse.Namespace) -> int:
     from eqprop.train.config import load_config
+    from eqprop.train.distributed import is_main_process
     from eqprop.train.rundir import RunDirectory
     from eqprop.train.session import extension_overrides
     from eqprop.train.trainer import Trainer
 
-    run = RunDirectory.claim(args.run_dir, resume=True, field="run_dir")
+    main = is_main_process()
+    run = RunDirectory.claim(args.run_dir, resume=True, field="run_dir") if main else None
+    path = run.path if run is not None else Path(args.run_dir)
     try:
         overrides = run_overrides(argparse.Namespace(data_dir=args.data_dir, device=args.device))
-        cfg = load_config(run.path / "config.yaml", overrides)
+        cfg = load_config(path / "config.yaml", overrides)
         if args.epochs is not None:
             overrides += extension_overrides(cfg, args.epochs)
-            cfg = load_config(run.path / "config.yaml", overrides)
-        trainer = Trainer(cfg, run, quiet=args.quiet)
-        print(f"eqprop: resuming {cfg.name} on {trainer.device} in {run.path}", flush=True)
-        return _report(trainer.fit(resume=True), run.path)
+            cfg = load_config(path / "config.yaml", overrides)
+        trainer = Trainer(cfg, run or path, quiet=args.quiet)
+        if trainer.ranks.is_main:
+            print(f"eqprop: resuming {cfg.name} on {trainer.device} in {path}", flush=True)
+        return _report(trainer.fit(resume=True), path, trainer.ranks.is_main)
     finally:
-        run.release()
+        if run is not None:
+            run.release()
 
 
-def _report(summary: dict[str, Any], run_dir: Path) -> int:
+def _report(summary: dict[str, Any], run_dir: Path, main: bool = True) -> int:
     if summary.get("interrupted"):
         return int(summary["exit_code"])
+    if not main:  # under torchrun, rank 0 reports
+        return 0
     val = summary.get("val_accuracy")
     selected = (
         f" (validation {val:.2%}, epoch {summary['selected_epoch']}/{summary['epochs']})"

@@ -23,7 +23,7 @@ from torch import Tensor, nn
 
 from eqprop.core.activations import Activation
 from eqprop.core.chain import ChainNetwork, Interactions, Phase, WeightGrads, stack_states
-from eqprop.core.colouring import greedy_colouring
+from eqprop.core.colouring import depths, greedy_colouring
 from eqprop.core.graph_builders import GraphSettings
 from eqprop.core.graph_edges import build_edge
 from eqprop.core.graph_spec import NODE_ACTIVATIONS, GraphSpec
@@ -101,6 +101,16 @@ class GraphNetwork(ChainNetwork):
             else None
         )
         self.colouring = greedy_colouring(n, list(self._pairs()))
+        depth = depths(n, self._pairs())
+        #: Free nodes by depth from the input (ties by node order).
+        self.depth_order = sorted(range(n), key=lambda k: (depth[k], k))
+        # Where each node's constant drive sits in the packed input drive (None: no constant).
+        self._packed: list[tuple[int, tuple[int, ...]] | None] = []
+        offset = 0
+        for m, shape in enumerate(self._shapes):
+            has = bool(self.input_edges[m]) or self.graph.nodes[m].bias
+            self._packed.append((offset, shape) if has else None)
+            offset += math.prod(shape) if has else 0
 
     @classmethod
     def from_settings(
@@ -110,7 +120,10 @@ class GraphNetwork(ChainNetwork):
         graph = getattr(settings, "graph", None)
         if not isinstance(graph, GraphSettings):
             raise SettingError("graph: a graph network needs model.graph (nodes and edges)")
-        return cls(input_shape, graph.spec(tuple(input_shape), num_classes), num_classes)
+        try:
+            return cls(input_shape, graph.spec(tuple(input_shape), num_classes), num_classes)
+        except SettingError as err:
+            raise (err.within("model.graph") if err.path else err) from None
 
     def _pairs(self) -> list[tuple[int, int]]:
         return list(zip(self.edge_src, self.edge_dst, strict=True))
@@ -179,14 +192,12 @@ class GraphNetwork(ChainNetwork):
     def constants(self, packed: Tensor) -> list[Tensor | None]:
         """Per-node views of the packed constant drives (None for a node without one)."""
         out: list[Tensor | None] = []
-        offset = 0
-        for n, shape in enumerate(self._shapes):
-            if not self.input_edges[n] and self.node_bias(n) is None:
+        for place in self._packed:
+            if place is None:
                 out.append(None)
                 continue
-            size = math.prod(shape)
-            flat = packed[:, offset : offset + size]
-            offset += size
+            offset, shape = place
+            flat = packed[:, offset : offset + math.prod(shape)]
             if len(shape) == 3:
                 c, h, w = shape
                 out.append(flat.unflatten(1, (h, w, c)).permute(0, 3, 1, 2))

@@ -146,6 +146,16 @@ class GraphSettings:
             raise invalid(self.output, "mse or node_ce (the residual head is an output node)",
                           "output")  # fmt: skip
 
+    @property
+    def n_layers(self) -> int:
+        """Weight layers of the network (edges, node biases, the readout), for per-layer
+        learning rates and weight decay."""
+        if self.residual is not None:
+            k = len(self.residual.widths)
+            return 3 * k + 1 + 2 * k + 1
+        biases = sum(node.bias for node in self.nodes)
+        return len(self.edges) + biases + (self.output == "ce")
+
     def spec(self, input_shape: Sequence[int], num_classes: int) -> GraphSpec:
         """The graph for inputs of ``input_shape`` (the residual form needs an image)."""
         r = self.residual

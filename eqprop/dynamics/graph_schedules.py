@@ -26,7 +26,7 @@ import torch
 from torch import Tensor
 
 from eqprop.core.chain import ChainNetwork, State
-from eqprop.core.colouring import depths, parity_blocks
+from eqprop.core.colouring import parity_blocks
 from eqprop.core.graph import GraphNetwork
 from eqprop.core.interactions import NONLINEAR_POOLS, ConvInteraction
 from eqprop.dynamics.schedules import SCHEDULES, Nudge, Schedule, Workspace
@@ -157,8 +157,7 @@ def graph_forward_backward_step(
 ) -> State:
     """One node at a time in depth order: upwards, downwards when nudged (flipped by
     ``reverse``)."""
-    depth = depths(len(state), list(zip(net.edge_src, net.edge_dst, strict=True)))
-    order = sorted(range(len(state)), key=lambda k: (depth[k], k))
+    order = list(net.depth_order)
     if (nudge is not None) != reverse:
         order.reverse()
     return _block_sweep(net, input_drive, state, [[n] for n in order], nudge, work)
@@ -181,12 +180,10 @@ def schedule_for(net: ChainNetwork, name: str) -> Schedule:
 
 def graph_feedforward_state(net: GraphNetwork, input_drive: Tensor) -> State:
     """One sweep in depth order from zero without feedback: a cheap starting guess."""
-    depth = depths(len(net.state_shapes), list(zip(net.edge_src, net.edge_dst, strict=True)))
-    order = sorted(range(len(depth)), key=lambda k: (depth[k], k))
     state = net.zero_state(input_drive.shape[0])
     consts = net.constants(input_drive)
     with torch.no_grad():
-        for n in order:
+        for n in net.depth_order:
             c = consts[n]
             drive = torch.zeros_like(state[n]) if c is None else c.clone()
             for e in net.in_edges[n]:

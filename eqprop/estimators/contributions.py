@@ -17,6 +17,7 @@ from torch import Tensor
 
 from eqprop.core.activations import Activation
 from eqprop.core.chain import ChainNetwork, State
+from eqprop.core.graph import GraphNetwork
 from eqprop.dynamics.solver import Solver
 from eqprop.estimators.bptt import graph_input_drive
 
@@ -30,15 +31,19 @@ def _tapped(net: ChainNetwork, records: list[tuple[Tensor, Tensor]]) -> ChainNet
     place instead leaves that drive a node of the graph, so autograd can return ∂L/∂drive. The
     copy shares all modules and parameters; ``net`` itself is not modified.
     """
-    act = net.activation
 
-    def record(drive: Tensor) -> Tensor:
-        out = act.fn(drive)
-        records.append((drive, out))
-        return out
+    def recording(act: Activation) -> Activation:
+        def record(drive: Tensor) -> Tensor:
+            out = act.fn(drive)
+            records.append((drive, out))
+            return out
+
+        return Activation(act.name, record, record, act.description)
 
     tapped = copy.copy(net)
-    tapped.activation = Activation(act.name, record, record, act.description)
+    tapped.activation = recording(net.activation)
+    if isinstance(tapped, GraphNetwork):  # a graph's schedules apply each node's own box
+        tapped.node_activations = [recording(a) for a in tapped.node_activations]
     return tapped
 
 

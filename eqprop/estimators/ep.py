@@ -48,6 +48,11 @@ class EPEstimator(GradientEstimator):
         nudged_steps: step budget of each nudged phase (T2), >= 1.
         solver: schedule and tolerance (default: synchronous, fixed steps).
         batch_phases: relax several nudged phases together as one batch (same result, faster).
+        warm_start: start each free phase from the state the previous batch's largest-β phase
+            ended in (the Hopfield-ResNet recipe), from the solver's init when the batch size
+            changes; the state is part of :meth:`state_dict`.
+        clip_grad_norm: after the estimate, scale all gradients so their global L2 norm is at
+            most this (:func:`torch.nn.utils.clip_grad_norm_`); None: no clipping.
     """
 
     beta: float
@@ -55,11 +60,16 @@ class EPEstimator(GradientEstimator):
     nudged_steps: int
     solver: Solver = field(default_factory=Solver)
     batch_phases: bool = True
+    warm_start: bool = False
+    clip_grad_norm: float | None = None
+    _warm: list[Tensor] | None = field(default=None, init=False, repr=False)
 
     def __post_init__(self) -> None:
         check_number(self.beta, "beta")
         check_int(self.free_steps, "free_steps", 1)
         check_int(self.nudged_steps, "nudged_steps", 1)
+        if self.clip_grad_norm is not None:
+            check_number(self.clip_grad_norm, "clip_grad_norm")
 
     # --- what subclasses define ------------------------------------------------------
 
@@ -120,9 +130,14 @@ class EPEstimator(GradientEstimator):
     ) -> tuple[WeightGrads, Estimate]:
         x, y = net.check_input(x, y)
         drive, input_ctx = net.input_drive_with_context(x)
+        warm = self._warm
+        if state is None and warm is not None and warm[0].shape[0] == x.shape[0]:
+            state = warm
         _, free_state, free_steps = self.relax_free(net, x, state, drive)
         betas = self.phase_betas()
         nudged, nudged_steps = self.relax_nudged(net, drive, free_state, y, betas)
+        if self.warm_start:
+            self._warm = [s.detach() for s in nudged[betas.index(max(betas))]]
         grads = self.weight_grads(net, x, y, free_state, nudged, betas, input_ctx)
         with torch.no_grad():
             logits, loss = net.logits(free_state), net.loss(free_state, y)
@@ -133,6 +148,21 @@ class EPEstimator(GradientEstimator):
     ) -> tuple[Tensor, Estimate]:
         grads, est = self._run(net, x, y, state)
         return surrogate_of(grads), est
+
+    def after_backward(self, net: ChainNetwork) -> None:
+        """Clip the global gradient norm when asked (after any all-reduce)."""
+        if self.clip_grad_norm is not None:
+            grads = [p for p in net.parameters() if p.grad is not None]
+            torch.nn.utils.clip_grad_norm_(grads, self.clip_grad_norm)
+
+    def state_dict(self) -> dict[str, Any]:
+        """The warm-start state, when there is one."""
+        return {} if self._warm is None else {"warm": list(self._warm)}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore :meth:`state_dict`."""
+        warm = state.get("warm")
+        self._warm = None if warm is None else list(warm)
 
     def accumulate(
         self, net: ChainNetwork, x: Tensor, y: Tensor, state: Sequence[Tensor] | None
@@ -180,11 +210,12 @@ class RandomSignEP(OneSidedEP):
         return [sign * float(self.beta)]
 
     def state_dict(self) -> dict[str, Any]:
-        """Generator state, for exact resumption."""
-        return {"generator": self.generator.get_state()}
+        """Generator state (and the warm start's), for exact resumption."""
+        return {**super().state_dict(), "generator": self.generator.get_state()}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore :meth:`state_dict`."""
+        super().load_state_dict(state)
         self.generator.set_state(state["generator"])
 
 

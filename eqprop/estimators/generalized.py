@@ -56,6 +56,7 @@ from eqprop.estimators.holomorphic import (
     point_columns,
     relax_points,
     relax_tracked,
+    warm_state,
 )
 
 __all__ = [
@@ -154,6 +155,7 @@ class GeneralizedHolomorphicEP(EPEstimator):
         nudged_steps: T2, >= 1.
         solver: schedule and tolerance.
         batch_phases: unused (the points always relax as one batch).
+        warm_start: start each free phase from the previous batch's free state.
         points: N >= 1 points for δ̂, or 0 for the forward-mode "exact δ".
         jacobian_reg: λ_h >= 0, the weight of the Jacobian-homeostasis regulariser.
         jacobian_probes: probes per example of the regulariser, >= 1.
@@ -266,6 +268,7 @@ class GeneralizedHolomorphicEP(EPEstimator):
     ) -> tuple[WeightGrads, Estimate]:
         x, y = net.check_input(x, y)
         drive = net.input_drive(x)
+        state = warm_state(self, state, x.shape[0])
         track = self.guard and self.points > 2
         if track:
             free, free_steps, residual = relax_tracked(
@@ -275,6 +278,8 @@ class GeneralizedHolomorphicEP(EPEstimator):
             res = self.solver.relax(net, drive, state, self.free_steps)
             free, free_steps, residual = res.state, res.steps, None
         delta, nudged_steps, stats = self.neuron_errors(net, drive, free, y, residual)
+        if self.warm_start:  # the free state (the exact δ keeps no nudged state)
+            self._warm = [s.detach().clone() for s in free]
         grads = self.update(net, x, y, free, delta)
         if stats:
             for _, g in grads:
@@ -285,9 +290,10 @@ class GeneralizedHolomorphicEP(EPEstimator):
         return grads, est
 
     def state_dict(self) -> dict[str, Any]:
-        """The probes' generator state, for exact resumption."""
-        return {"generator": self.generator.get_state()}
+        """The probes' generator state (and the warm start's), for exact resumption."""
+        return {**super().state_dict(), "generator": self.generator.get_state()}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore :meth:`state_dict`."""
+        super().load_state_dict(state)
         self.generator.set_state(state["generator"])

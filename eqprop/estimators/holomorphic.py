@@ -61,6 +61,7 @@ __all__ = [
     "point_columns",
     "relax_points",
     "relax_tracked",
+    "warm_state",
 ]
 
 
@@ -184,8 +185,9 @@ def relax_points(
 ) -> Points:  # fmt: skip
     """Relax the points of ``circle`` from s* as one batch (planar when some are complex).
 
-    A planar batch runs eagerly: its network view is built per batch, and a compiled step
-    would recompile for every new view.
+    A planar batch runs its steps eagerly (its network view is built per batch, and a compiled
+    step would recompile for every new view); with ``solver.compile`` only the complex
+    activation is compiled, once per function and shape.
     """
     ordered = [p for p in circle if not p[0].imag] + [p for p in circle if p[0].imag]
     betas, weights = [b for b, _ in ordered], [w for _, w in ordered]
@@ -193,7 +195,7 @@ def relax_points(
     n_real = sum(not beta.imag for beta in betas)
     n_complex = len(betas) - n_real
     rows = Rows(n_real * b, n_complex * b)
-    view: ChainNetwork = PlanarNetwork(net, rows) if n_complex else net
+    view: ChainNetwork = PlanarNetwork(net, rows, solver.compile) if n_complex else net
     if n_complex:
         solver = eager(solver)
     pts = Points(betas, weights, rows, view, [], 0, None)
@@ -227,6 +229,17 @@ def guard_masks(
     alive = free_ok & real_ok
     fallback = alive & ~complex_ok if even else torch.zeros_like(alive)
     return alive & complex_ok, fallback
+
+
+def warm_state(
+    est: EPEstimator, state: Sequence[Tensor] | None, batch: int
+) -> Sequence[Tensor] | None:
+    """The free phase's start: ``state``, else the warm start kept by ``est`` (when it has one
+    for this batch size), else None (the solver's init)."""
+    warm = est._warm
+    if state is None and warm is not None and warm[0].shape[0] == batch:
+        return warm
+    return state
 
 
 def _sum_grads(parts: Sequence[WeightGrads]) -> WeightGrads:
@@ -279,9 +292,11 @@ class HolomorphicEP(EPEstimator):
     # --- N <= 2: the one-sided and symmetric estimators themselves ------------------------
 
     def real_twin(self) -> EPEstimator:
-        """:class:`OneSidedEP` (N = 1) or :class:`SymmetricEP` (N = 2) with these settings."""
+        """:class:`OneSidedEP` (N = 1) or :class:`SymmetricEP` (N = 2) with this β: their
+        phases and coefficients are this estimator's for N <= 2 (run by the shared
+        :meth:`EPEstimator._run <eqprop.estimators.ep.EPEstimator._run>`)."""
         cls = OneSidedEP if self.points == 1 else SymmetricEP
-        return cls(self.beta, self.free_steps, self.nudged_steps, self.solver, self.batch_phases)
+        return cls(self.beta, self.free_steps, self.nudged_steps)
 
     def phase_betas(self) -> list[float]:
         return self.real_twin().phase_betas()
@@ -307,10 +322,11 @@ class HolomorphicEP(EPEstimator):
         self, net: ChainNetwork, x: Tensor, y: Tensor, state: Sequence[Tensor] | None
     ) -> tuple[WeightGrads, Estimate]:
         if not self.complex_points:
-            return self.real_twin()._run(net, x, y, state)
+            return super()._run(net, x, y, state)
         self.check_network(net)
         x, y = net.check_input(x, y)
         drive, input_ctx = net.input_drive_with_context(x)
+        state = warm_state(self, state, x.shape[0])
         if self.guard and not self.online:
             free, free_steps, free_residual = relax_tracked(
                 self.solver, net, drive, state, self.free_steps
@@ -370,6 +386,8 @@ class HolomorphicEP(EPEstimator):
             for _, g in grads:
                 g.nan_to_num_(0.0, 0.0, 0.0)
         real_states = [[s[i * b : (i + 1) * b] for s in pts.state] for i in range(pts.n_real)]
+        if self.warm_start:  # the +|β| point, the first of the batch
+            self._warm = [s.detach().clone() for s in real_states[0]]
         betas = [beta.real for beta in pts.betas[: pts.n_real]]
         return grads, real_states, betas, pts.steps, stats
 
@@ -396,7 +414,7 @@ class HolomorphicEP(EPEstimator):
         """The online estimate (module docstring): N points per period, state carried."""
         b, n, periods = x.shape[0], self.points, self.online_periods
         rows = Rows(0, b)
-        view = PlanarNetwork(net, rows)
+        view = PlanarNetwork(net, rows, self.solver.compile)
         p_drive = to_planar([], [drive])
         state = planar_states(free, 0, 1)
         y_rows = y.repeat(2)

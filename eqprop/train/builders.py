@@ -92,6 +92,7 @@ def build_estimator(cfg: ExperimentConfig) -> GradientEstimator:
         full=e.full_bptt, solver=build_solver(cfg), batch_phases=d.batch_phases, seed=cfg.seed,
         points=e.points, online=e.online, online_periods=e.online_periods, guard=e.guard,
         jacobian_reg=e.jacobian_reg, jacobian_probes=e.jacobian_probes,
+        warm_start=e.warm_start, clip_grad_norm=cfg.optim.clip_grad_norm,
     )  # fmt: skip
 
 
@@ -148,7 +149,8 @@ def make_splits(
         return EpochLoader(
             x, y, batch_size=cfg.train.batch_size if train else eval_bs, device=device,
             dtype=dtype, normalizer=norm, shuffle=train, augment=train and cfg.data.augment,
-            seed=cfg.seed,
+            seed=cfg.seed, randaugment=cfg.data.randaugment,
+            magnitude=cfg.data.randaugment_magnitude,
         )  # fmt: skip
 
     return Splits(

@@ -15,14 +15,15 @@ from __future__ import annotations
 
 import datetime
 import os
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.distributed as dist
 from torch import Tensor
 
-__all__ = ["Ranks", "init_ranks"]
+__all__ = ["NullLog", "Ranks", "init_ranks", "is_main_process"]
 
 #: How long a collective waits for a rank that died or hangs before the others give up.
 TIMEOUT = datetime.timedelta(seconds=int(os.environ.get("EQPROP_DIST_TIMEOUT", "120")))
@@ -74,6 +75,25 @@ class Ranks:
         if self.distributed:
             dist.barrier()
 
+    def agree(self, values: list[float]) -> list[float]:
+        """Sum per-batch numbers across ranks in one small all-reduce (float64)."""
+        if not self.distributed:
+            return values
+        t = torch.tensor(values, dtype=torch.float64)
+        dist.all_reduce(t)
+        return t.tolist()
+
+    def agree_batch(
+        self, ok: bool, errors: int, loss_sum: float, steps: tuple[int, int], stop: bool
+    ) -> tuple[bool, int, float, tuple[int, int], bool]:
+        """A training batch's figures summed over ranks (steps: the mean over ranks), whether
+        all gradients are finite, and whether any rank was asked to stop."""
+        bad, n_err, loss, free, nudged, stops = self.agree(
+            [float(not ok), errors, loss_sum, *steps, float(stop)]
+        )
+        w = self.world
+        return bad == 0, int(n_err), loss, (round(free / w), round(nudged / w)), stops > 0
+
     def close(self) -> None:
         """Leave the process group."""
         if self.distributed and dist.is_initialized():
@@ -102,3 +122,34 @@ def init_ranks(device: str) -> tuple[Ranks, str]:
     if not dist.is_initialized():
         dist.init_process_group(backend, timeout=TIMEOUT)
     return Ranks(rank, world, local, backend), device
+
+
+def is_main_process() -> bool:
+    """Whether this process is rank 0 (or not distributed), from ``torchrun``'s environment,
+    before any process group exists (the CLI claims the run directory on rank 0 only)."""
+    return os.environ.get("RANK", "0") == "0"
+
+
+class NullLog:
+    """The run logger of ranks other than 0: the same calls, nothing written."""
+
+    tensorboard_active = True
+    tensorboard_error: str | None = None
+
+    def __init__(self, *args: object) -> None:
+        del args  # RunLogger's arguments
+
+    def __enter__(self) -> NullLog:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+    def restore(self, records: list[dict[str, Any]]) -> None:
+        """Nothing to restore."""
+
+    def write_json(self, name: str, obj: Any) -> None:
+        """Nothing written."""
+
+    def log_epoch(self, record: Mapping[str, Any]) -> None:
+        """Nothing logged."""

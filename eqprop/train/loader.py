@@ -20,6 +20,7 @@ import torch
 from torch import Tensor
 
 from eqprop.train.datasets import DATASETS, NORMALIZATIONS, Dataset
+from eqprop.train.randaugment import flip_rand_augment_crop
 
 __all__ = ["EpochLoader", "Normalizer", "normalizer_for", "split_validation"]
 
@@ -174,6 +175,8 @@ class EpochLoader:
         *,
         pad: int = 4,
         hflip: bool = True,
+        randaugment: int = 0,
+        magnitude: int = 9,
     ) -> None:
         if x.dtype != torch.uint8 or x.dim() != 4:
             raise ValueError(f"x must be uint8 (N, C, H, W), got {x.dtype} {tuple(x.shape)}")
@@ -195,6 +198,8 @@ class EpochLoader:
         self.drop_last = drop_last
         self.pad = pad
         self.hflip = hflip
+        self.randaugment = randaugment
+        self.magnitude = magnitude
         self._x = x.to(self.device).contiguous()
         self._y = y.to(self.device, torch.int64)
         _, c, h, w = self._x.shape
@@ -256,6 +261,9 @@ class EpochLoader:
         )
         draws = torch.cat([offsets - p, flips[:, None].long()], dim=1).to(self.device)
         dy, dx, flip = draws[:, 0:1], draws[:, 1:2], draws[:, 2:3].bool()
+        if self.randaugment:  # flip, RandAugment, then crop (the Hopfield-ResNet recipe)
+            x = self._x.index_select(0, idx)
+            return flip_rand_augment_crop(x, dy, dx, flip, self.randaugment, self.magnitude, gen)
         # Output pixel (i, j) reads padded pixel (oy + i, ox + j'), j' = W-1-j when flipped;
         # replicate padding maps padded coordinate k to source clamp(k - pad, 0, size - 1).
         rows = (dy + self._h_idx).clamp_(0, h - 1)  # (B, H)

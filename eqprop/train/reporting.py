@@ -17,6 +17,7 @@ from __future__ import annotations
 import sys
 from typing import Any
 
+import torch
 from tqdm.auto import tqdm
 
 __all__ = [
@@ -90,4 +91,22 @@ def summarize(history: list[dict[str, Any]], best_epoch: int | None) -> dict[str
         "final_train_accuracy": 1 - last["train_error"],
         "train_seconds": sum(r.get("train_seconds", 0.0) for r in history),
         "eval_seconds": sum(r.get("eval_seconds", 0.0) for r in history),
+    }
+
+
+def run_summary(
+    run: dict[str, Any], history: list[dict[str, Any]], best_epoch: int | None,
+    wall_seconds: float, net: torch.nn.Module, num_classes: int,
+) -> dict[str, Any]:  # fmt: skip
+    """``summary.json``: the run's facts, the metrics' figures, wall time and divergence."""
+    warning = divergence_warning(history[-1], num_classes)
+    return {
+        "name": run["name"],
+        **summarize(history, best_epoch),
+        "wall_seconds": wall_seconds,
+        "seconds_per_epoch": wall_seconds / max(len(history), 1),
+        **{k: v for k, v in run.items() if k != "name"},
+        "parameters": sum(p.numel() for p in net.parameters()),
+        "diverged": warning is not None,
+        "warnings": [warning] if warning else [],
     }

@@ -69,6 +69,9 @@ class DataConfig(Section):
         download: fetch the dataset if it is not under ``root``.
         train_size: keep only the first ``train_size`` examples (in dataset order) of the
             training split, for quick experiments; None keeps all.
+        randaugment: with ``augment``, RandAugment with this many ops per image between the
+            flip and the crop (:mod:`eqprop.train.randaugment`); 0: none.
+        randaugment_magnitude: its magnitude, 0..30 (torchvision's 31 bins).
     """
 
     dataset: str = field(default="digits", metadata={"choices": DATASETS})
@@ -78,8 +81,12 @@ class DataConfig(Section):
     normalize: str = field(default="standard", metadata={"choices": NORMALIZATIONS})
     download: bool = False
     train_size: int | None = field(default=None, metadata=INT_GE1)
+    randaugment: int = field(default=0, metadata=INT_GE0)
+    randaugment_magnitude: int = field(default=9, metadata=INT_GE0)
 
     def _validate(self) -> None:
+        if self.randaugment_magnitude > 30:
+            raise invalid(self.randaugment_magnitude, "0..30", "randaugment_magnitude")
         if self.dataset == "npz" and not self.root:
             raise invalid(self.root, "the path of the .npz file when dataset is 'npz'", "root")
 
@@ -109,6 +116,11 @@ class ModelConfig(Section, AsymmetricSettings):
 
     kind: str = field(default="symmetric", metadata={"choices": NETWORKS})
     graph: GraphSettings | None = None
+
+    @property
+    def n_layers(self) -> int:
+        """Number of weight layers (a graph's edges, node biases and readout)."""
+        return super().n_layers if self.graph is None else self.graph.n_layers
 
     def _validate(self) -> None:
         if (self.kind == "graph") != (self.graph is not None):
@@ -162,6 +174,8 @@ class EstimatorConfig(Section):
             did not converge, or fall back to N = 2 for them (counts in the run log).
         jacobian_reg: ``generalized``: weight λ_h of the Jacobian-homeostasis regulariser.
         jacobian_probes: ``generalized``: random probes per example of that regulariser.
+        warm_start: EP: start each training free phase from the previous batch's +β state
+            (from zero when the batch size changes; evaluation always starts from zero).
     """
 
     kind: str = field(default="symmetric", metadata={"choices": ESTIMATORS})
@@ -173,6 +187,7 @@ class EstimatorConfig(Section):
     guard: bool = True
     jacobian_reg: float = field(default=0.0, metadata=NON_NEGATIVE)
     jacobian_probes: int = field(default=5, metadata=INT_GE1)
+    warm_start: bool = False
 
 
 @dataclass(frozen=True)
@@ -206,6 +221,8 @@ class OptimConfig(Section):
         nesterov: Nesterov momentum for SGD (needs ``momentum`` > 0).
         betas: Adam/AdamW moment decay rates.
         scheduler: learning-rate schedule.
+        clip_grad_norm: EP: scale the gradients to a global L2 norm of at most this before
+            the step (weight decay is added after, inside the optimiser); None: no clipping.
     """
 
     kind: str = field(default="sgd", metadata={"choices": OPTIMIZERS})
@@ -215,6 +232,7 @@ class OptimConfig(Section):
     nesterov: bool = False
     betas: tuple[float, float] = field(default=(0.9, 0.999), metadata=UNIT_INTERVAL)
     scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
+    clip_grad_norm: float | None = field(default=None, metadata=POSITIVE)
 
     def _validate(self) -> None:
         for name in ("lr", "weight_decay"):

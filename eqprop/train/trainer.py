@@ -21,6 +21,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from eqprop.dynamics import set_precision
 from eqprop.train.builders import (
     Splits,
     TrainingError,
@@ -32,14 +33,22 @@ from eqprop.train.builders import (
     resolve_device,
     resolve_dtype,
 )
-from eqprop.train.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
-from eqprop.train.config import ExperimentConfig, config_to_dict, save_config
+from eqprop.train.checkpoint import load_checkpoint, save_checkpoint
+from eqprop.train.config import ExperimentConfig, save_config
 from eqprop.train.datasets import Dataset, load_dataset
+from eqprop.train.distributed import NullLog, init_ranks
 from eqprop.train.epochs import EpochStats, gdu_summary, model_fields
 from eqprop.train.evaluation import Stopped, evaluate
 from eqprop.train.interrupt import Interrupt
 from eqprop.train.loader import EpochLoader
-from eqprop.train.reporting import divergence_warning, epoch_line, progress_bar, say, summarize
+from eqprop.train.reporting import (
+    divergence_warning,
+    epoch_line,
+    progress_bar,
+    run_summary,
+    say,
+)
+from eqprop.train.resumable import Resumable
 from eqprop.train.rundir import RunDirectory, os_error_message
 from eqprop.train.runlog import RunLogger
 from eqprop.train.session import check_resumable, record_session
@@ -47,7 +56,7 @@ from eqprop.train.session import check_resumable, record_session
 __all__ = ["Splits", "Trainer", "TrainingError"]
 
 
-class Trainer:
+class Trainer(Resumable):
     """Trains one configuration into one run directory.
 
     Args:
@@ -69,10 +78,13 @@ class Trainer:
         self.cfg = cfg
         self._claimed = run_dir if isinstance(run_dir, RunDirectory) else None
         self.run_dir = run_dir.path if isinstance(run_dir, RunDirectory) else Path(run_dir)
-        self.quiet = quiet
+        # Under torchrun: this rank, its device; only rank 0 prints and writes.
+        self.ranks, device = init_ranks(cfg.train.device)
+        self.quiet = quiet or not self.ranks.is_main
         if cfg.train.num_threads:
             torch.set_num_threads(cfg.train.num_threads)
-        self.device = resolve_device(cfg.train.device)
+        self.device = resolve_device(device)
+        set_precision(cfg.dynamics.precision, self.device)
         self.dtype = resolve_dtype(cfg)
         d = cfg.data
         self.data = (
@@ -96,6 +108,7 @@ class Trainer:
         self._warned = False
         self._interrupt = Interrupt(notify=say)
         self.checkpoint_path: Path | None = None  # the checkpoint load_run restored
+        self._stop_agreed = False  # distributed: a stop every rank has seen
 
     # --------------------------------------------------------------------------- state
 
@@ -112,51 +125,14 @@ class Trainer:
     def _progress(self) -> bool:
         return not self.quiet and self.cfg.log.progress
 
-    def state(self) -> dict[str, Any]:
-        """The checkpoint payload (keys documented in :mod:`eqprop.train.checkpoint`)."""
-        import eqprop
-
-        return {
-            "epoch": self.epoch,
-            "batch": self.batch,
-            "model": self.net.state_dict(),
-            "optimizer": self.optimizer.state_dict(),
-            "scheduler": self.scheduler.state_dict() if self.scheduler else None,
-            "rng": {**rng_state(), "estimator": self.estimator.state_dict()},
-            "partial": self.stats.as_dict(),
-            "best_val_accuracy": self.best_val_accuracy,
-            "best_epoch": self.best_epoch,
-            "config": config_to_dict(self.cfg),
-            "metrics_history": self.history,
-            "wall_seconds": self.wall_seconds,
-            "eqprop_version": eqprop.__version__,
-        }
-
-    def load_state(self, ckpt: dict[str, Any]) -> None:
-        """Restore everything :meth:`state` saved."""
-        self.net.load_state_dict(ckpt["model"])
-        self.optimizer.load_state_dict(ckpt["optimizer"])
-        if self.scheduler is not None and ckpt.get("scheduler") is not None:
-            self.scheduler.load_state_dict(ckpt["scheduler"])
-        rng = dict(ckpt.get("rng") or {})
-        estimator_rng = rng.pop("estimator", None)
-        set_rng_state(rng)
-        if estimator_rng:
-            self.estimator.load_state_dict(estimator_rng)
-        self.epoch, self.batch = int(ckpt["epoch"]), int(ckpt["batch"])
-        self.stats = EpochStats(**ckpt.get("partial", {}))
-        self.best_val_accuracy = ckpt.get("best_val_accuracy")
-        self.best_epoch = ckpt.get("best_epoch")
-        self.history = list(ckpt.get("metrics_history", []))
-        self._wall_before = float(ckpt.get("wall_seconds", 0.0))
-        self._saved_at = (self.epoch, self.batch)
-
     def save(self, name: str = "last") -> Path:
         """Write ``checkpoints/NAME.pt`` atomically; a second Ctrl-C waits for it to finish."""
         path = self.checkpoint_dir / f"{name}.pt"
         with self._interrupt.critical():
-            path.parent.mkdir(parents=True, exist_ok=True)
-            save_checkpoint(path, self.state())
+            if self.ranks.is_main:
+                path.parent.mkdir(parents=True, exist_ok=True)
+                save_checkpoint(path, self.state())
+            self.ranks.barrier()  # no rank goes on (or ends) before the checkpoint is whole
         if name == "last":
             self._saved_at = (self.epoch, self.batch)
         return path
@@ -173,12 +149,15 @@ class Trainer:
 
     def evaluate(self, loader: EpochLoader, desc: str = "evaluating") -> tuple[float, float]:
         """(error rate, mean loss) of the free equilibrium after the evaluation steps."""
-        return evaluate(self.net, loader, progress=self._progress, desc=desc)
+        return evaluate(self.net, loader, progress=self._progress, desc=desc, ranks=self.ranks)
 
     def _evaluate_stoppable(self, loader: EpochLoader, desc: str) -> tuple[float, float]:
+        # Distributed evaluation runs to its end: ranks must meet in its final reduction.
+        interrupt = None if self.ranks.distributed else self._interrupt
         return evaluate(
-            self.net, loader, interrupt=self._interrupt, progress=self._progress, desc=desc
-        )
+            self.net, loader, interrupt=interrupt, progress=self._progress, desc=desc,
+            ranks=self.ranks,
+        )  # fmt: skip
 
     # --------------------------------------------------------------------------- training
 
@@ -194,12 +173,17 @@ class Trainer:
             ConfigError: a resume whose config differs in a field that changes the results.
             TrainingError: non-finite values, or a file-system error (full disk) while running.
         """
-        run = self._claimed or RunDirectory.claim(self.run_dir, resume=resume)
+        run = self._claimed
+        if run is None and self.ranks.is_main:
+            run = RunDirectory.claim(self.run_dir, resume=resume)
         try:
-            if run.removed:
-                say(f"removed {len(run.removed)} temporary file(s) left by a killed process")
-            if run.restarted:
-                say(f"starting over: the run in {self.run_dir} stopped before its first checkpoint")
+            if run is not None and run.removed:
+                n = len(run.removed)
+                self._say(f"removed {n} temporary file(s) left by a killed process")
+            if run is not None and run.restarted:
+                self._say(
+                    f"starting over: the run in {self.run_dir} stopped before its first checkpoint"
+                )
             return self._fit(resume)
         except OSError as err:
             then = f"; fix that, then: eqprop resume {self.run_dir}" if self._saved_at else ""
@@ -207,27 +191,31 @@ class Trainer:
                 f"file-system error: {os_error_message(err)}; {self.checkpoint_note()}{then}"
             ) from None
         finally:
-            if run is not self._claimed:
+            if run is not None and run is not self._claimed:
                 run.release()
+            self.ranks.close()
 
     def _fit(self, resume: bool) -> dict[str, Any]:
         start = self._start(resume)
         cfg = self.cfg
+        logger = RunLogger if self.ranks.is_main else NullLog
         with (
-            RunLogger(self.run_dir, cfg.log.tensorboard, cfg.log.plots) as log,
+            logger(self.run_dir, cfg.log.tensorboard, cfg.log.plots) as log,
             self._interrupt.installed() as interrupt,
         ):
             if cfg.log.tensorboard and not log.tensorboard_active:
-                say(f"TensorBoard logging is off: it cannot be imported ({log.tensorboard_error})")
+                why = log.tensorboard_error
+                self._say(f"TensorBoard logging is off: it cannot be imported ({why})")
             log.restore(self.history)  # the checkpoint's records are the run's
-            record_session(self.run_dir, start)
+            if self.ranks.is_main:
+                record_session(self.run_dir, start)
             log.write_json("model.json", self.net.describe())
             while self.epoch < cfg.train.epochs:
                 try:
                     completed = self._run_epoch(log, interrupt)
                 except KeyboardInterrupt:  # a second signal outside an epoch's batches
                     completed = False
-                if not completed or interrupt.requested:
+                if not completed or self._should_stop(interrupt):
                     return self._stop(interrupt)
             summary = self._summary()
             log.write_json("summary.json", summary)
@@ -242,12 +230,17 @@ class Trainer:
             self.load_state(ckpt)
             if self.epoch >= self.cfg.train.epochs:
                 self._clock = time.perf_counter()  # a session that trains nothing adds no time
-                say(f"the run is complete ({self.epoch} epochs); --epochs N trains it further")
+                self._say(
+                    f"the run is complete ({self.epoch} epochs); --epochs N trains it further"
+                )
             else:
-                say(f"continuing at epoch {self.epoch + 1}, batch {self.batch + 1}")
-        save_config(self.cfg, self.run_dir / "config.yaml")
+                self._say(f"continuing at epoch {self.epoch + 1}, batch {self.batch + 1}")
+        if self.ranks.is_main:
+            save_config(self.cfg, self.run_dir / "config.yaml")
         command = "resume" if resume else "train"
-        return {"command": command, "epoch": self.epoch, "batch": self.batch}
+        r = self.ranks
+        return {"command": command, "epoch": self.epoch, "batch": self.batch,
+                "world_size": r.world, "backend": r.backend}  # fmt: skip
 
     def _stop(self, interrupt: Interrupt) -> dict[str, Any]:
         """Save where the run stands and say how to continue."""
@@ -256,19 +249,19 @@ class Trainer:
             path = self.save()
         total = len(self.splits.train)
         where = "during evaluation" if self.batch == total else f"at batch {self.batch}/{total}"
-        say(
+        self._say(
             f"stopped ({interrupt.name}) in epoch {self.epoch + 1} {where}; saved {path}; "
             f"continue with: eqprop resume {self.run_dir}"
         )
         status = {"interrupted": True, "exit_code": interrupt.exit_code}
         return {**status, "epoch": self.epoch, "batch": self.batch}
 
-    def _run_epoch(self, log: RunLogger, interrupt: Interrupt) -> bool:
+    def _run_epoch(self, log: RunLogger | NullLog, interrupt: Interrupt) -> bool:
         """Train and evaluate one epoch from the current position; False when stopped."""
         t0 = time.perf_counter()
         try:
             self._train_batches(interrupt)
-            if interrupt.requested:
+            if self._should_stop(interrupt):
                 raise Stopped
             record = self._end_epoch(t0)
         except (Stopped, KeyboardInterrupt):
@@ -284,7 +277,7 @@ class Trainer:
         try:
             with progress_bar(len(loader), desc, self._progress, self.batch) as bar:
                 for x, y in loader.epoch(self.epoch, start_batch=self.batch):
-                    if interrupt.requested:
+                    if self._should_stop(interrupt):
                         return
                     self._train_batch(x, y)
                     bar.update(1)
@@ -292,17 +285,35 @@ class Trainer:
         finally:
             self.stats.train_seconds += time.perf_counter() - t0
 
+    def _say(self, message: str) -> None:
+        if self.ranks.is_main:
+            say(message)
+
+    def _should_stop(self, interrupt: Interrupt) -> bool:
+        # Distributed ranks stop at the batch where they have all seen the request (agreed in
+        # the per-batch reduction): a rank that stopped alone would hang the others.
+        return self._stop_agreed if self.ranks.distributed else interrupt.requested
+
     def _train_batch(self, x: Tensor, y: Tensor) -> None:
         rng = self.estimator.state_dict()
+        shard = self.ranks.shard(len(y))  # the whole batch on one rank
         try:
             self.optimizer.zero_grad(set_to_none=True)
-            est = self.estimator.estimate(self.net, x, y)
+            # estimate() with the all-reduce in the middle, weighted by shard sizes:
+            est = self.estimator.accumulate(self.net, x[shard], y[shard], None)
+            self.ranks.average_gradients(self.net.parameters(), len(y[shard]), len(y))
+            self.estimator.after_backward(self.net)
             grads = [p.grad for p in self.net.parameters() if p.grad is not None]
             # NaN and inf survive a sum, so one reduction per tensor detects any non-finite value.
             total = torch.stack([est.loss.sum(), *(g.sum() for g in grads)]).sum()
-            errors = (est.predictions != y.to(est.predictions.device)).sum()
+            errors = (est.predictions != y[shard].to(est.predictions.device)).sum()
             # One device sync per batch, after a whole relaxation: negligible.
             ok, n_err, loss_sum = bool(total.isfinite()), int(errors), float(est.loss.sum())
+            steps = est.free_steps, est.nudged_steps
+            if self.ranks.distributed:
+                ok, n_err, loss_sum, steps, self._stop_agreed = self.ranks.agree_batch(
+                    ok, n_err, loss_sum, steps, self._interrupt.requested
+                )
         except KeyboardInterrupt:
             self.estimator.load_state_dict(rng)  # the batch is redone on resume, same draws
             raise
@@ -314,7 +325,7 @@ class Trainer:
             )
         with self._interrupt.critical():
             self.optimizer.step()
-            self.stats.add(n_err, loss_sum, len(y), est.free_steps, est.nudged_steps)
+            self.stats.add(n_err, loss_sum, len(y), *steps)
             self.batch += 1
 
     def gdu_summary(self) -> dict[str, float | None]:
@@ -347,7 +358,7 @@ class Trainer:
             )
         return record
 
-    def _finish_epoch(self, log: RunLogger, record: dict[str, Any]) -> None:
+    def _finish_epoch(self, log: RunLogger | NullLog, record: dict[str, Any]) -> None:
         """Advance to the next epoch, log and save; a second Ctrl-C waits for it to finish."""
         with self._interrupt.critical():
             if self.scheduler is not None:
@@ -368,18 +379,12 @@ class Trainer:
         warning = divergence_warning(record, self.data.num_classes)
         if warning and not self._warned:
             self._warned = True
-            say(f"warning: {warning}")
-        print(epoch_line(record, self.cfg.train.epochs), flush=True)
+            self._say(f"warning: {warning}")
+        if self.ranks.is_main:
+            print(epoch_line(record, self.cfg.train.epochs), flush=True)
 
     def _summary(self) -> dict[str, Any]:
-        warning = divergence_warning(self.history[-1], self.data.num_classes)
-        return {
-            "name": self.cfg.name,
-            **summarize(self.history, self.best_epoch),
-            "wall_seconds": self.wall_seconds,
-            "seconds_per_epoch": self.wall_seconds / max(self.epoch, 1),
-            "device": str(self.device),
-            "parameters": sum(p.numel() for p in self.net.parameters()),
-            "diverged": warning is not None,
-            "warnings": [warning] if warning else [],
-        }
+        run = {"name": self.cfg.name, "device": str(self.device), "world_size": self.ranks.world}
+        return run_summary(
+            run, self.history, self.best_epoch, self.wall_seconds, self.net, self.data.num_classes
+        )
