@@ -28,12 +28,20 @@ class EpochStats:
     nudged_steps: list[int] = field(default_factory=list)
     train_seconds: float = 0.0  # the batches so far, over every session
     seconds: float = 0.0  # wall time of the epoch in earlier sessions
+    #: Sums of the estimator's per-batch counts (``Estimate.stats``, e.g. hEP's
+    #: ``guard_dropped`` and ``guard_fallback``), logged per epoch under the same names.
+    estimator: dict[str, float] = field(default_factory=dict)
 
     def as_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
 
-    def add(self, errors: int, loss_sum: float, count: int, free: int, nudged: int) -> None:
+    def add(
+        self, errors: int, loss_sum: float, count: int, free: int, nudged: int,
+        estimator: dict[str, float] | None = None,
+    ) -> None:  # fmt: skip
         """Count one batch."""
+        for key, value in (estimator or {}).items():
+            self.estimator[key] = self.estimator.get(key, 0.0) + value
         self.errors += errors
         self.loss_sum += loss_sum
         self.count += count
@@ -54,6 +62,7 @@ class EpochStats:
             "free_steps_max": max(self.free_steps, default=0),
             "nudged_steps_mean": sum(self.nudged_steps) / max(len(self.nudged_steps), 1),
             "nudged_steps_max": max(self.nudged_steps, default=0),
+            **self.estimator,
         }
 
 

@@ -325,7 +325,7 @@ class Trainer(Resumable):
             )
         with self._interrupt.critical():
             self.optimizer.step()
-            self.stats.add(n_err, loss_sum, len(y), *steps)
+            self.stats.add(n_err, loss_sum, len(y), *steps, est.stats)
             self.batch += 1
 
     def gdu_summary(self) -> dict[str, float | None]:

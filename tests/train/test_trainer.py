@@ -144,3 +144,16 @@ def test_gdu_check_during_training_is_logged(tmp_path):
     first, second = records(tmp_path)
     assert "gdu_sym_rmse" not in first
     assert second["gdu_sym_rmse"] is not None and second["gdu_layer_ratio_mean"] is not None
+
+
+def test_holomorphic_guard_counts_are_logged_per_epoch(tmp_path):
+    """The estimator's per-batch counts (hEP's convergence guard) reach the epoch records."""
+    cfg = load_config(
+        "digits-quickstart",
+        ["estimator.kind=holomorphic", "estimator.points=4", "model.activation=mysig",
+         "train.epochs=1", "data.train_size=64", "log.plots=false", "log.tensorboard=false"],
+    )  # fmt: skip
+    summary = Trainer(cfg, tmp_path / "run", quiet=True).fit()
+    record = json.loads((tmp_path / "run" / "metrics.jsonl").read_text().splitlines()[0])
+    assert {"guard_dropped", "guard_fallback"} <= record.keys()
+    assert record["guard_dropped"] == 0 and summary["epochs"] == 1
