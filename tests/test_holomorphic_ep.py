@@ -14,7 +14,7 @@ from eqprop import AsymmetricNetwork, ConvLayer, EnergyNetwork, OneSidedEP, Solv
 from eqprop.core.planar import Rows
 from eqprop.core.validation import SettingError
 from eqprop.estimators import HolomorphicEP, circle_points, make_estimator
-from eqprop.estimators.holomorphic import Points, guard_masks, relax_points
+from eqprop.estimators.circle import Points, guard_masks, relax_points
 from eqprop.reference import bptt_gradients, reference_holomorphic_gradients
 
 DT = torch.float64

@@ -9,11 +9,12 @@ from eqprop.estimators.base import (
     register,
 )
 from eqprop.estimators.bptt import BPTT
+from eqprop.estimators.circle import circle_points
 from eqprop.estimators.contributions import bptt_step_contributions, iter_step_contributions
 from eqprop.estimators.distributed import SurrogateLoss
 from eqprop.estimators.ep import EPEstimator, OneSidedEP, RandomSignEP, SymmetricEP
 from eqprop.estimators.generalized import GeneralizedHolomorphicEP
-from eqprop.estimators.holomorphic import HolomorphicEP, circle_points
+from eqprop.estimators.holomorphic import HolomorphicEP
 
 __all__ = [
     "BPTT",

@@ -49,8 +49,7 @@ from eqprop.core.kernels import fast_layout
 from eqprop.core.planar import planar_scale_
 from eqprop.core.validation import check_int, check_number
 from eqprop.estimators.base import Estimate, register
-from eqprop.estimators.ep import EPEstimator
-from eqprop.estimators.holomorphic import (
+from eqprop.estimators.circle import (
     circle_points,
     guard_masks,
     point_columns,
@@ -58,6 +57,7 @@ from eqprop.estimators.holomorphic import (
     relax_tracked,
     warm_state,
 )
+from eqprop.estimators.ep import EPEstimator
 
 __all__ = [
     "GeneralizedHolomorphicEP",

@@ -307,6 +307,9 @@ def _describe_changes(base: str, before: Mapping[Any, Any], after: dict[Any, Any
 
 def _source_path(source: str | Path) -> Path:
     path = Path(source)
+    bare = isinstance(source, str) and len(path.parts) == 1 and path.suffix not in (".yaml", ".yml")
+    if path.is_dir() and bare and source in {p.stem for p in _preset_files()}:
+        return preset_path(str(source))  # a directory is never a config: the preset is meant
     if path.is_dir():
         hint = "; to continue a run, use 'eqprop resume'" if (path / "config.yaml").exists() else ""
         raise ConfigError(f"is a directory; expected a YAML file or a preset name{hint}", str(path))

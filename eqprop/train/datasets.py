@@ -20,6 +20,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from eqprop.train.download import download_with_torchvision
 from eqprop.train.readers import (
     DataError,
     ImageShape,
@@ -302,7 +303,7 @@ def load_dataset(
         return _read(spec, (path,), read_npz)
     found = _load_from_dir(spec, path, root)
     if isinstance(found, str) and download:
-        _download(spec, path)
+        download_with_torchvision(spec, path)
         found = _load_from_dir(spec, path, root)
         if isinstance(found, str):
             found = f"torchvision's download into {path} finished, but the files are still " + (
@@ -369,29 +370,6 @@ def _find_files(
             return hits, []
         partial.extend(str(h) for h in hits)
     return None, partial
-
-
-def _download(spec: DatasetSpec, path: Path) -> None:
-    try:
-        import torchvision.datasets as tvd
-
-        cls = getattr(tvd, spec.torchvision_class or "")
-    except Exception as err:  # not installed, or broken (a torch/torchvision mismatch)
-        problem = "is not installed" if isinstance(err, ImportError) else "fails to import"
-        first_line = (str(err).strip().splitlines() or [""])[0]
-        raise DataError(
-            f"{spec.name}: --download needs torchvision, which {problem} "
-            f"({type(err).__name__}: {first_line}); pip install torchvision (matching torch), "
-            f"or put the files under {path} yourself"
-        ) from None
-    try:
-        for train in (True, False):
-            cls(root=str(path), train=train, download=True)
-    except Exception as err:  # network, disk and checksum failures all mean the same here
-        raise DataError(
-            f"{spec.name}: downloading with torchvision into {path} failed: "
-            f"{type(err).__name__}: {err}"
-        ) from err
 
 
 def _read(spec: DatasetSpec, files: Sequence[Path], reader: Reader | None = None) -> Dataset:
