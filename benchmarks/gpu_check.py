@@ -142,6 +142,7 @@ def _ddp_worker(rank: int, world: int, port: int, reps: int, out: str) -> None:
     t = median_time(iteration, reps, 2, device)
     if rank == 0:
         Path(out).write_text(json.dumps({"seconds": t}))
+    dist.barrier()  # no rank tears its connections down while a peer still uses them
     dist.destroy_process_group()
 
 

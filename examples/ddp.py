@@ -50,6 +50,7 @@ def main() -> None:
     if rank == 0:
         same = all(torch.equal(s, sums[0]) for s in sums)
         print(f"{world} ranks, replicas identical: {same}")
+    dist.barrier()  # gloo can abort a rank whose peer leaves while messages are in flight
     dist.destroy_process_group()
 
 

@@ -65,6 +65,7 @@ def _worker(rank: int, init_file: str, out: str) -> None:
         est.estimate(net, x[shard], y[shard])  # the bare module: local gradients, a warning
     results["warning"] = [str(w.message) for w in caught]
     torch.save(results, Path(out) / f"rank{rank}.pt")
+    dist.barrier()  # no rank tears its connections down while a peer still uses them
     dist.destroy_process_group()
 
 

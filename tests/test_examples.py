@@ -29,7 +29,7 @@ def test_ddp_example_keeps_the_replicas_identical():
         [torchrun, "--standalone", "--nproc_per_node=2", str(EXAMPLES / "ddp.py")],
         capture_output=True, text=True, timeout=120, env=env, check=False,
     )  # fmt: skip
-    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.returncode == 0, out.stdout[-1000:] + out.stderr[:3000]
     assert "2 ranks, replicas identical: True" in out.stdout
 
 

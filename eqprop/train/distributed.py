@@ -94,9 +94,13 @@ class Ranks:
         w = self.world
         return bad == 0, int(n_err), loss, (round(free / w), round(nudged / w)), stops > 0
 
-    def close(self) -> None:
-        """Leave the process group."""
+    def close(self, clean: bool = True) -> None:
+        """Leave the process group; after a clean run, only once every rank is done (gloo can
+        abort a process whose peer tears its connections down while the last collective's
+        messages are still in flight)."""
         if self.distributed and dist.is_initialized():
+            if clean:
+                dist.barrier()
             dist.destroy_process_group()
 
 

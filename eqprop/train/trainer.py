@@ -176,6 +176,7 @@ class Trainer(Resumable):
         run = self._claimed
         if run is None and self.ranks.is_main:
             run = RunDirectory.claim(self.run_dir, resume=resume)
+        clean = False
         try:
             if run is not None and run.removed:
                 n = len(run.removed)
@@ -184,7 +185,9 @@ class Trainer(Resumable):
                 self._say(
                     f"starting over: the run in {self.run_dir} stopped before its first checkpoint"
                 )
-            return self._fit(resume)
+            result = self._fit(resume)
+            clean = True
+            return result
         except OSError as err:
             then = f"; fix that, then: eqprop resume {self.run_dir}" if self._saved_at else ""
             raise TrainingError(
@@ -193,7 +196,7 @@ class Trainer(Resumable):
         finally:
             if run is not None and run is not self._claimed:
                 run.release()
-            self.ranks.close()
+            self.ranks.close(clean)
 
     def _fit(self, resume: bool) -> dict[str, Any]:
         start = self._start(resume)
