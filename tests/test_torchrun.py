@@ -78,3 +78,16 @@ def test_a_killed_rank_stops_the_run_and_resume_finishes_it_exactly(tmp_path):
     assert len(_metrics(run)) < 12
     _run(_torchrun("resume", str(run), "--quiet"))
     _same(_metrics(tmp_path / "whole"), _metrics(run), 0.0)
+
+
+def test_estimator_counts_are_summed_over_ranks(tmp_path):
+    # Holomorphic EP at a huge |beta| with few nudged steps: most complex points fail the
+    # convergence guard, and the epoch's count covers every rank's shard.
+    hep = ["--set", "train.epochs=1", "--set", "model.activation=mysig",
+           "--set", "estimator.kind=holomorphic", "--set", "estimator.points=4",
+           "--set", "estimator.beta=10", "--set", "dynamics.nudged_steps=3"]  # fmt: skip
+    _run([sys.executable, "-m", "eqprop", "train", *ARGS, *hep, "--out", str(tmp_path / "one")])
+    _run(_torchrun("train", *ARGS, *hep, "--out", str(tmp_path / "two")))
+    one, two = _metrics(tmp_path / "one"), _metrics(tmp_path / "two")
+    assert one[0]["guard_fallback"] > 100
+    _same(one, two, 1e-9)

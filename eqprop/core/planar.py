@@ -12,8 +12,8 @@ batch *is* the two real convolutions of the real and imaginary parts, in one cal
 in or out; only a bias must stay off the imaginary rows. The elementwise maps pair the two rows
 of each complex example, in real arithmetic:
 
-- σ(x + iy) for the logistic from u = ς(x), cos y and sin y, with v = u(1 − u):
-  σ = [(u² + v cos y) + i v sin y] / (1 − 2v(1 − cos y)); its only zeros of the denominator are
+- σ(x + iy) for the logistic from u = ς(x), cos y and sin y, with v = u(1 − u) and
+  d = v(1 − cos y): σ = [(u − d) + i v sin y] / (1 − 2d); its only zeros of the denominator are
   the poles x = 0, y = π (mod 2π). ``tanh``, ``mysig`` and ``dsilu`` follow from it.
 - softmax pooling over 2×2 windows, P(v)_w = Σ vᵢ e^{vᵢ/τ} / Σ e^{vᵢ/τ}, and its transpose
   (∂P_w/∂vᵢ = pᵢ(1 + (vᵢ − P_w)/τ), p the window softmax), for real and planar batches;
@@ -110,7 +110,8 @@ def planar_scale_(t: Tensor, coef: Tensor, rows: Rows) -> Tensor:
     c = _column(coef, t)
     real, re, im = rows.split(t)
     c_real, c_re, c_im = rows.split(c)
-    real.mul_(c_real)
+    if rows.real:
+        real.mul_(c_real)
     if rows.complex:
         tmp = im * c_im  # (a + ib)(c + id) = (ac − bd) + i(ad + bc)
         im.mul_(c_re).addcmul_(re, c_im)
@@ -122,24 +123,32 @@ def planar_scale_(t: Tensor, coef: Tensor, rows: Rows) -> Tensor:
 
 
 def _sigmoid_of(u: Tensor, cos_y: Tensor, sin_y: Tensor) -> tuple[Tensor, Tensor]:
-    """σ(x + iy) from u = ς(x), cos y and sin y (fresh tensors; ``u`` is consumed)."""
-    v = (1.0 - u).mul_(u)  # ς'(x) = u(1 − u), in [0, 1/4]
-    vc = cos_y * v
-    inv = torch.sub(vc, v).mul_(2.0).add_(1.0).reciprocal_()  # 1 / (1 − 2v(1 − cos y))
-    re = torch.addcmul(vc, u, u).mul_(inv)
+    """σ(x + iy) from u = ς(x), cos y and sin y (fresh tensors; ``u`` is consumed).
+
+    With v = u(1 − u) = ς'(x) and d = v(1 − cos y), both in [0, 1/2]: the numerator's real part
+    u² + v cos y is u − d, and the denominator 1 − 2v(1 − cos y) is 1 − 2d.
+    """
+    v = torch.addcmul(u, u, u, value=-1.0)
+    d = torch.addcmul(v, v, cos_y, value=-1.0)
+    inv = torch.rsub(d, 1.0, alpha=2.0).reciprocal_()
+    re = u.sub_(d).mul_(inv)
     im = v.mul_(sin_y).mul_(inv)
     return re, im
 
 
 def complex_sigmoid_(re: Tensor, im: Tensor) -> None:
-    """Logistic σ(z) = 1/(1 + e^{−z}) of z = re + i·im, written into ``re`` and ``im``."""
-    cos_y = torch.cos(im)
+    """Logistic σ(z) = 1/(1 + e^{−z}) of z = re + i·im, written into ``re`` and ``im``.
+
+    :func:`_sigmoid_of` written into the inputs: eleven elementwise operations in all (on small
+    tensors each costs its dispatch as much as its arithmetic).
+    """
+    d = torch.cos(im)
     im.sin_()
     u = torch.sigmoid(re)
-    v = (1.0 - u).mul_(u)
-    cos_y.mul_(v)  # v cos y
-    inv = torch.sub(cos_y, v).mul_(2.0).add_(1.0).reciprocal_()
-    torch.addcmul(cos_y, u, u, out=re).mul_(inv)
+    v = torch.addcmul(u, u, u, value=-1.0)
+    torch.addcmul(v, v, d, value=-1.0, out=d)  # v(1 − cos y), in [0, 1/2]
+    inv = torch.rsub(d, 1.0, alpha=2.0).reciprocal_()  # 1/(1 − 2d)
+    torch.sub(u, d, out=re).mul_(inv)
     im.mul_(v).mul_(inv)
 
 

@@ -84,15 +84,20 @@ class Ranks:
         return t.tolist()
 
     def agree_batch(
-        self, ok: bool, errors: int, loss_sum: float, steps: tuple[int, int], stop: bool
-    ) -> tuple[bool, int, float, tuple[int, int], bool]:
+        self, ok: bool, errors: int, loss_sum: float, steps: tuple[int, int], stop: bool,
+        counts: dict[str, float] | None = None,
+    ) -> tuple[bool, int, float, tuple[int, int], bool, dict[str, float]]:  # fmt: skip
         """A training batch's figures summed over ranks (steps: the mean over ranks), whether
-        all gradients are finite, and whether any rank was asked to stop."""
-        bad, n_err, loss, free, nudged, stops = self.agree(
-            [float(not ok), errors, loss_sum, *steps, float(stop)]
+        all gradients are finite, whether any rank was asked to stop, and the estimator's
+        per-batch counts (``Estimate.stats``) summed over ranks."""
+        counts = counts or {}
+        keys = sorted(counts)  # the same estimator on every rank: the same keys
+        bad, n_err, loss, free, nudged, stops, *summed = self.agree(
+            [float(not ok), errors, loss_sum, *steps, float(stop), *(counts[k] for k in keys)]
         )
         w = self.world
-        return bad == 0, int(n_err), loss, (round(free / w), round(nudged / w)), stops > 0
+        agreed = (round(free / w), round(nudged / w))
+        return bad == 0, int(n_err), loss, agreed, stops > 0, dict(zip(keys, summed, strict=True))
 
     def close(self, clean: bool = True) -> None:
         """Leave the process group; after a clean run, only once every rank is done (gloo can

@@ -312,10 +312,10 @@ class Trainer(Resumable):
             errors = (est.predictions != y[shard].to(est.predictions.device)).sum()
             # One device sync per batch, after a whole relaxation: negligible.
             ok, n_err, loss_sum = bool(total.isfinite()), int(errors), float(est.loss.sum())
-            steps = est.free_steps, est.nudged_steps
+            steps, counts = (est.free_steps, est.nudged_steps), est.stats
             if self.ranks.distributed:
-                ok, n_err, loss_sum, steps, self._stop_agreed = self.ranks.agree_batch(
-                    ok, n_err, loss_sum, steps, self._interrupt.requested
+                ok, n_err, loss_sum, steps, self._stop_agreed, counts = self.ranks.agree_batch(
+                    ok, n_err, loss_sum, steps, self._interrupt.requested, counts
                 )
         except KeyboardInterrupt:
             self.estimator.load_state_dict(rng)  # the batch is redone on resume, same draws
@@ -328,7 +328,7 @@ class Trainer(Resumable):
             )
         with self._interrupt.critical():
             self.optimizer.step()
-            self.stats.add(n_err, loss_sum, len(y), *steps, est.stats)
+            self.stats.add(n_err, loss_sum, len(y), *steps, counts)
             self.batch += 1
 
     def gdu_summary(self) -> dict[str, float | None]:
