@@ -39,6 +39,7 @@ __all__ = [
     "DIGITS_TEST_SIZE",
     "DIGITS_TRAIN_SIZE",
     "NORMALIZATIONS",
+    "WIDE_STD_FACTOR",
     "DataError",
     "Dataset",
     "DatasetSpec",
@@ -54,7 +55,11 @@ NORMALIZATIONS: dict[str, str] = {
     "none": "x / 255",
     "standard": "per-channel mean/std (the usual constants, else from the training split)",
     "paper": "CIFAR: the CIFAR-10 mean and three times its std (spec §6); else as standard",
+    "wide": "the standard mean and 1.5 times the standard std (the holomorphic EP authors')",
 }
+
+#: The std factor of the ``wide`` normalisation (holomorphic-ep.md §7).
+WIDE_STD_FACTOR = 1.5
 
 DIGITS_TRAIN_SIZE = 1497
 DIGITS_TEST_SIZE = 300

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
-from eqprop.train.datasets import DATASETS, NORMALIZATIONS, Dataset
+from eqprop.train.datasets import DATASETS, NORMALIZATIONS, WIDE_STD_FACTOR, Dataset
 from eqprop.train.randaugment import flip_rand_augment_crop
 
 __all__ = ["EpochLoader", "Normalizer", "normalizer_for", "split_validation"]
@@ -99,7 +99,8 @@ def normalizer_for(dataset: Dataset, mode: str) -> Normalizer:
     mean/std (computed from the training split for ``digits`` and ``npz``, and for any dataset
     whose channel count does not match the constants); ``"paper"`` uses the CIFAR-10 mean and
     3× its usual std for CIFAR-10 and CIFAR-100 and equals ``"standard"`` otherwise (see
-    :meth:`DatasetSpec.stats <eqprop.train.datasets.DatasetSpec.stats>`).
+    :meth:`DatasetSpec.stats <eqprop.train.datasets.DatasetSpec.stats>`); ``"wide"`` is
+    ``"standard"`` with 1.5× the std (holomorphic EP's recipe).
 
     Raises:
         ValueError: Unknown mode.
@@ -111,6 +112,9 @@ def normalizer_for(dataset: Dataset, mode: str) -> Normalizer:
     channels = dataset.input_shape[0]
     if mode == "none":
         return Normalizer.identity(channels)
+    if mode == "wide":
+        base = normalizer_for(dataset, "standard")
+        return Normalizer(base.mean, tuple(WIDE_STD_FACTOR * s for s in base.std))
     spec = DATASETS.get(dataset.name)
     stats = spec.stats(mode) if spec is not None else None
     if stats is not None and len(stats.mean) == channels:

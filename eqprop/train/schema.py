@@ -65,7 +65,8 @@ class DataConfig(Section):
         augment: random horizontal flip and random crop with 4 pixels of edge padding (the
             paper's CIFAR recipe).
         normalize: ``standard`` (per-channel mean/std), ``paper`` (CIFAR: three times the usual
-            std, spec §6) or ``none``.
+            std, spec §6), ``wide`` (1.5 times the usual std, holomorphic EP's recipe) or
+            ``none``.
         download: fetch the dataset if it is not under ``root``.
         train_size: keep only the first ``train_size`` examples (in dataset order) of the
             training split, for quick experiments; None keeps all.

@@ -398,7 +398,9 @@ def test_normalizer_values() -> None:
     assert L.normalizer_for(_toy_dataset("cifar100", 3), "standard").mean == D.CIFAR100_MEAN
     mnist = L.normalizer_for(_toy_dataset("mnist", 1), "paper")
     assert mnist == Normalizer(D.MNIST_MEAN, D.MNIST_STD)
-    with pytest.raises(ValueError, match="none, standard, paper"):
+    wide = L.normalizer_for(ds, "wide")  # holomorphic EP's recipe: 1.5x the usual std
+    assert wide.mean == D.CIFAR10_MEAN and wide.std == tuple(1.5 * s for s in D.CIFAR10_STD)
+    with pytest.raises(ValueError, match="none, standard, paper, wide"):
         L.normalizer_for(ds, "zca")
 
 
@@ -411,6 +413,7 @@ def test_normalizer_computed_for_npz() -> None:
         out.std(dim=(0, 2, 3), unbiased=False), torch.ones(2, dtype=torch.float64)
     )
     assert L.normalizer_for(ds, "paper") == norm
+    assert L.normalizer_for(ds, "wide").std == tuple(1.5 * s for s in norm.std)
 
 
 # ---------------------------------------------------------------------------- EpochLoader
