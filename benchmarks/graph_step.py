@@ -67,36 +67,31 @@ def feedforward_loss(net: GraphNetwork, x: torch.Tensor, y: torch.Tensor) -> tor
     return net.loss([s for s in state if s is not None], y).mean()
 
 
-def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--widths", default="128,256,512,512")
-    p.add_argument("--side", type=int, default=32)
-    p.add_argument("--batch", type=int, default=32)
-    p.add_argument("--reps", type=int, default=5)
-    p.add_argument("--steps", default="120,50", help="T1,T2 of the EP iteration")
-    p.add_argument("--device", default="cpu")
-    a = p.parse_args()
-    device = torch.device(a.device)
-    widths = tuple(int(w) for w in a.widths.split(","))
-    t1, t2 = (int(s) for s in a.steps.split(","))
+def measure(
+    widths: tuple[int, ...], side: int, batch: int, reps: int, steps: tuple[int, int],
+    device: torch.device,
+) -> dict[str, object]:  # fmt: skip
+    """The sweep, products and EP/BP figures of the residual graph of ``widths`` on
+    ``side``×``side`` RGB inputs (the module docstring says what each is)."""
+    t1, t2 = steps
     torch.manual_seed(0)
-    shape = (3, a.side, a.side)
+    shape = (3, side, side)
     net = GraphNetwork(shape, residual_graph(shape, 10, widths), 10).to(device)
-    x = torch.rand(a.batch, *shape, device=device)
-    y = torch.randint(0, 10, (a.batch,), device=device)
+    x = torch.rand(batch, *shape, device=device)
+    y = torch.randint(0, 10, (batch,), device=device)
     drive = net.input_drive(x)
     state = Solver(schedule="even_odd").relax(net, drive, None, 10).state
     out: dict[str, object] = {"device": str(device), "cpu": platform.processor(),
                               "threads": torch.get_num_threads(), "widths": widths,
-                              "side": a.side, "batch": a.batch}  # fmt: skip
+                              "side": side, "batch": batch, "steps": [t1, t2]}  # fmt: skip
     sweeps = {}
     for name in ("synchronous", "coloured", "parity_jacobi"):
         step = GRAPH_SCHEDULES[name]
         with torch.no_grad():
             sweeps[name] = timed(
-                lambda s=step: s(net, drive, state, None, Workspace()), a.reps, device
+                lambda s=step: s(net, drive, state, None, Workspace()), reps, device
             )
-    bound = timed(products(net, state), a.reps, device)
+    bound = timed(products(net, state), reps, device)
     out["sweep_seconds"] = sweeps
     out["products_seconds"] = bound
     out["sweep_over_products"] = {k: v / bound for k, v in sweeps.items()}
@@ -113,9 +108,24 @@ def main() -> None:
         feedforward_loss(net, x, y).backward()
         opt.step()
 
-    ep, bp = timed(ep_iteration, max(1, a.reps // 5), device), timed(bp_iteration, a.reps, device)
+    ep, bp = timed(ep_iteration, max(1, reps // 5), device), timed(bp_iteration, reps, device)
     out["ep_iteration_seconds"], out["bp_iteration_seconds"] = ep, bp
     out["ep_over_bp"] = ep / bp
+    return out
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--widths", default="128,256,512,512")
+    p.add_argument("--side", type=int, default=32)
+    p.add_argument("--batch", type=int, default=32)
+    p.add_argument("--reps", type=int, default=5)
+    p.add_argument("--steps", default="120,50", help="T1,T2 of the EP iteration")
+    p.add_argument("--device", default="cpu")
+    a = p.parse_args()
+    widths = tuple(int(w) for w in a.widths.split(","))
+    t1, t2 = (int(s) for s in a.steps.split(","))
+    out = measure(widths, a.side, a.batch, a.reps, (t1, t2), torch.device(a.device))
     print(json.dumps(out, indent=1))
 
 

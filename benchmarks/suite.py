@@ -27,7 +27,7 @@ from typing import Any
 import torch
 from common import T0, finite, log
 from context import Context, Settings
-from sections import epoch, precision, ratio, residual, schedules, step, tolerance
+from sections import epoch, graph, precision, ratio, residual, schedules, step, tolerance
 
 from eqprop.train.runlog import environment_facts
 
@@ -40,6 +40,7 @@ RUNNERS: dict[str, Callable[[Context], dict[str, Any]]] = {
     "precision": precision.run,
     "schedules": schedules.run,
     "epoch": epoch.run,
+    "graph": graph.run,
 }
 SECTIONS = tuple(RUNNERS)
 ROOT = Path(__file__).resolve().parents[1]

@@ -188,6 +188,16 @@ def _is_section_tuple(tp: Any) -> bool:
     return typing.get_origin(tp) is tuple and bool(args) and dataclasses.is_dataclass(args[0])
 
 
+def _optional_section(tp: Any) -> Any:
+    """The section type of an optional section (``X | None``, X a dataclass), else ``tp``."""
+    args = union_args(tp)
+    if args is not None and len(args) == 2 and type(None) in args:
+        inner = next(a for a in args if a is not type(None))
+        if dataclasses.is_dataclass(inner):
+            return inner
+    return tp
+
+
 def _set_override(root: dict[Any, Any], text: str) -> None:
     key, segments, value = _parse_override(text)
     node: Any = root  # the dict (section) or list (of sections) being walked
@@ -214,6 +224,7 @@ def _set_override(root: dict[Any, Any], text: str) -> None:
                 value = value.value if keep else value.text
             node[seg] = value
             return
+        child_tp = _optional_section(child_tp)  # e.g. model.graph.residual.widths
         sectioned = dataclasses.is_dataclass(child_tp)
         if not sectioned and not _is_section_tuple(child_tp):
             raise ConfigError(f"unknown key; {child_path} is a value, not a section", key)

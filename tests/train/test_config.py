@@ -217,6 +217,18 @@ def test_overrides_into_conv_layers_apply_in_order(tmp_path: Path) -> None:
     assert cfg.model.conv == (ConvLayerConfig(channels=2, kernel=1, pool="i"),)
 
 
+def test_overrides_reach_into_optional_sections() -> None:
+    cfg = load_config(
+        "fashion-residual-small",
+        ["model.graph.residual.widths=[4, 6]", "model.graph.output=node_ce"],
+    )
+    assert cfg.model.graph is not None and cfg.model.graph.output == "node_ce"
+    assert cfg.model.graph.residual is not None and cfg.model.graph.residual.widths == (4, 6)
+    assert cfg.model.graph.residual.gains == (0.6, 0.7, 0.8)  # the rest of the preset stays
+    with pytest.raises(ConfigError, match=r"model\.graph\.residual\.width"):
+        load_config("fashion-residual-small", ["model.graph.residual.width=[4]"])
+
+
 # --------------------------------------------------------------------------------------------
 # Bad inputs: one-line ConfigError naming the field path and the bad value
 
