@@ -15,8 +15,8 @@ where the max-pool backward P⁻¹_{n+1} scatters to the argmax of the *feedback
 conv_B(s_n). The generic solver runs these dynamics unchanged: ``forward_drive`` returns the W
 drive and, as context, that feedback argmax; ``backward_drive`` applies Bᵀ.
 
-The update rules are objects (:data:`UPDATE_RULES`), each turning the compared phases into
-weight gradients in closed form.
+The update rules are objects (:data:`UPDATE_RULES`, in :mod:`eqprop.core.update_rules`), each
+turning the compared phases into weight gradients in closed form.
 """
 
 from __future__ import annotations
@@ -24,28 +24,21 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, cast
+from typing import Any, cast
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from eqprop.core.chain import (
-    ChainNetwork,
-    Interactions,
-    Phase,
-    WeightGrads,
-    repeat_batch,
-    stack_states,
-)
+from eqprop.core.chain import ChainNetwork, Interactions, Phase, WeightGrads
 from eqprop.core.interactions import (
     NONLINEAR_POOLS,
     ConvInteraction,
     ConvLayer,
     DenseInteraction,
 )
-from eqprop.core.kernels import fast_layout
 from eqprop.core.settings import NetworkSettings
+from eqprop.core.update_rules import UPDATE_RULES, DifferentRule, SameRule, UpdateRule
 from eqprop.core.validation import check_choice
 
 __all__ = [
@@ -58,6 +51,8 @@ __all__ = [
     "DifferentRule",
     "SameRule",
     "UpdateRule",
+    "init_feedback",
+    "weight_angle",
 ]
 
 FEEDBACK_INITS: dict[str, str] = {
@@ -102,7 +97,17 @@ class AsymmetricConvInteraction(ConvInteraction):
             return self._pool(z), None
         # The backward scatters to the argmax (max pool), or weighs by ∂P/∂z (softmax pool),
         # of the feedback map conv_B(pre).
-        return self._pool(z), self._pool_with_context(self._feedback_conv(pre))[1]
+        return self._pool(z), self.feedback_context(pre)
+
+    def backward_context(self, pre: Tensor) -> Any:
+        return self.feedback_context(pre)
+
+    def feedback_context(self, pre: Tensor) -> Any:
+        """The pool context of conv_B(pre) that ``backward_drive`` needs (None for a linear
+        pool): what ``forward_drive`` returns, without its forward conv."""
+        if self.spec.pool not in NONLINEAR_POOLS:
+            return None
+        return self._pool_with_context(self._feedback_conv(pre))[1]
 
     @property
     def backward_weight(self) -> Tensor:
@@ -120,7 +125,7 @@ class AsymmetricConvInteraction(ConvInteraction):
     def feedback_grad(self, pre: Tensor, post: Tensor) -> Tensor:
         """Σ over the batch of ∂⟨post, P(conv_B(pre))⟩/∂B, the pool argmax that of conv_B."""
         with torch.no_grad():
-            ctx = self._pool_with_context(self._feedback_conv(pre.detach()))[1]
+            ctx = self.feedback_context(pre.detach())
             return self._hebbian(pre, post, ctx, self.feedback, bias=False)[0]
 
     def phi_forward(self, pre: Tensor, post: Tensor) -> Tensor:
@@ -163,100 +168,24 @@ class AsymmetricDenseInteraction(DenseInteraction):
 AsymmetricInteraction = AsymmetricConvInteraction | AsymmetricDenseInteraction
 
 
-# ----------------------------------------------------------------- update rules
+def init_feedback(layer: AsymmetricInteraction, init: str, scale: float = 1.0) -> None:
+    """Set B from its fresh default draw: W's copy (``forward``) or that draw times ``scale``
+    (``random``; ``scale``: the factor W's own init has over the default)."""
+    check_choice(init, FEEDBACK_INITS, "feedback_init")
+    with torch.no_grad():
+        if init == "forward":
+            layer.feedback.copy_(layer.forward_weight)
+        else:
+            layer.feedback.mul_(scale)
 
 
-class UpdateRule:
-    """How an asymmetric network turns the compared phases (c_k, s_k) into weight gradients."""
-
-    name: ClassVar[str] = ""
-    description: ClassVar[str] = ""
-
-    def weight_contrast(
-        self, net: AsymmetricNetwork, x: Tensor, free: Sequence[Tensor], phases: Sequence[Phase],
-        input_ctx: Any,
-    ) -> WeightGrads:  # fmt: skip
-        """The batch-mean update of every weight of the dynamics (not the readout)."""
-        raise NotImplementedError
-
-
-class DifferentRule(UpdateRule):
-    """Each synapse pairs its postsynaptic *nudged* state with its presynaptic *free* state.
-
-    ΔW_n ∝ Σ_k c_k s_{k,n} ⊗ s*_{n−1} and ΔB_{n+1} ∝ Σ_k c_k s*_{n+1} ⊗ s_{k,n} (spec §4
-    default), each pool argmax taken at the arguments of its term.
-    """
-
-    name = "different"
-    description = "post nudged ⊗ pre free for every synapse (spec §4 default)"
-
-    def weight_contrast(
-        self, net: AsymmetricNetwork, x: Tensor, free: Sequence[Tensor], phases: Sequence[Phase],
-        input_ctx: Any,
-    ) -> WeightGrads:  # fmt: skip
-        b = x.shape[0]
-        free = [t.detach() for t in free]
-        layers = net.interactions
-        out: WeightGrads = []
-        with torch.no_grad():
-            for n, layer in enumerate(layers):
-                # The presynaptic state is s* in every phase and the term is linear in the
-                # postsynaptic state: the phases combine into one state before a single conv.
-                post = cast(Tensor, sum(s[n].detach() * (c / b) for c, s in phases))
-                pre, ctx = (fast_layout(x), input_ctx) if n == 0 else (free[n - 1], None)
-                out += layer.paired_weight_grads(pre, post, ctx)
-            w = _phase_weights(phases, x)
-            for n in range(1, len(layers)):
-                # Feedback term: the presynaptic state varies per phase and may pass a max pool
-                # (argmax at that state), so the phases are stacked along the batch instead.
-                pre = torch.cat([s[n - 1].detach() for _, s in phases], 0)
-                post = repeat_batch(free[n], len(phases)) * _per_example(w, free[n])
-                layer = cast(AsymmetricInteraction, layers[n])  # layers 1..N−1 have feedback
-                out.append((layer.feedback, layer.feedback_grad(pre, post)))
-        return out
-
-
-class SameRule(UpdateRule):
-    """The plain per-layer φ_n contrasted at the compared states; then W_n and B_n (same shape)
-    both receive the average of their two gradients (Kolen–Pollack-like)."""
-
-    name = "same"
-    description = "plain per-layer φ contrast, then W and B share the average gradient"
-
-    def weight_contrast(
-        self, net: AsymmetricNetwork, x: Tensor, free: Sequence[Tensor], phases: Sequence[Phase],
-        input_ctx: Any,
-    ) -> WeightGrads:  # fmt: skip
-        layers = net.interactions
-        with torch.no_grad():
-            # All compared states in one evaluation, stacked along the batch (the input term
-            # too: summing the phases first would round differently from the per-phase form).
-            s = stack_states([st for _, st in phases])
-            w = _phase_weights(phases, x)
-            xs = repeat_batch(fast_layout(x), len(phases))
-            out = layers[0].paired_weight_grads(xs, s[0] * _per_example(w, s[0]))
-            for n in range(1, len(layers)):
-                layer = cast(AsymmetricInteraction, layers[n])  # layers 1..N−1 have feedback
-                post = s[n] * _per_example(w, s[n])
-                g_w, g_b = layer.weight_grads(s[n - 1], post)
-                mean = (g_w + layer.feedback_grad(s[n - 1], post)).mul_(0.5)
-                out += [(layer.forward_weight, mean), (layer.feedback, mean.clone()),
-                        (layer.weights()[1], g_b)]  # fmt: skip
-        return out
-
-
-def _phase_weights(phases: Sequence[Phase], x: Tensor) -> Tensor:
-    """c_k / B for every example of the phases stacked along the batch, shape (K·B,)."""
-    coefs = torch.tensor([c for c, _ in phases], dtype=x.dtype, device=x.device)
-    return coefs.repeat_interleave(x.shape[0]) / x.shape[0]
-
-
-def _per_example(w: Tensor, like: Tensor) -> Tensor:
-    return w.view(-1, *([1] * (like.dim() - 1)))
-
-
-#: Update rules of asymmetric networks by the name used in configs.
-UPDATE_RULES: dict[str, UpdateRule] = {r.name: r for r in (DifferentRule(), SameRule())}
+@torch.no_grad()
+def weight_angle(forward: Tensor, feedback: Tensor) -> float:
+    """Angle in degrees between two weights, flattened (0 when equal, about 90 at random)."""
+    uw = forward.flatten() / forward.norm()
+    ub = feedback.flatten() / feedback.norm()
+    # 2·atan2(|u−v|, |u+v|) is exact near 0° and 180°, where acos of a dot product is not.
+    return math.degrees(float(2.0 * torch.atan2((uw - ub).norm(), (uw + ub).norm())))
 
 
 @dataclass(frozen=True)
@@ -337,10 +266,7 @@ class AsymmetricNetwork(ChainNetwork):
             # Keep the parent's W and b (already scaled), so W matches a symmetric net.
             for mine, theirs in zip(new.weights(), old.weights(), strict=True):
                 mine.copy_(theirs)
-            if self.feedback_init == "forward":
-                new.feedback.copy_(new.forward_weight)
-            else:
-                new.feedback.mul_(scale)
+        init_feedback(new, self.feedback_init, scale)
         return new
 
     @property
@@ -359,14 +285,10 @@ class AsymmetricNetwork(ChainNetwork):
         Keyed ``"layer{n}"`` for interaction n (the spec's B_{n−1} against W_n): about 90 for
         independent random draws, 0 when B = W.
         """
-        angles: dict[str, float] = {}
-        for n, layer in enumerate(self.feedback_layers(), start=1):
-            uw = layer.forward_weight.flatten() / layer.forward_weight.norm()
-            ub = layer.feedback.flatten() / layer.feedback.norm()
-            # 2·atan2(|u−v|, |u+v|) is exact near 0° and 180°, where acos of a dot product is not.
-            rad = 2.0 * torch.atan2((uw - ub).norm(), (uw + ub).norm())
-            angles[f"layer{n}"] = math.degrees(float(rad))
-        return angles
+        return {
+            f"layer{n}": weight_angle(layer.forward_weight, layer.feedback)
+            for n, layer in enumerate(self.feedback_layers(), start=1)
+        }
 
     def weight_contrast(
         self, x: Tensor, free_state: Sequence[Tensor], phases: Sequence[Phase], input_ctx: Any

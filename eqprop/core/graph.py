@@ -9,6 +9,14 @@ node n. The constant part of every drive (the node's bias plus its edges from th
 network's "input drive": computed once per batch and packed, node after node, into one
 (B, total) tensor (:meth:`GraphNetwork.constants` gives the per-node views back), so phases can be
 batched and cast like a chain's. The schedules are in :mod:`eqprop.dynamics.graph_schedules`.
+
+With ``graph.feedback`` (spec §4), every edge e = (p→q) between two free nodes also carries a
+feedback weight B_e: node n's drive is then ∂φ_n/∂s_n of its own function
+
+    φ_n(s) = ⟨b_n, s_n⟩ + Σ_{e: q=n} ⟨s_n, K_{W_e} s_p⟩ + Σ_{e: p=n} ⟨s_q, K_{B_e} s_n⟩,
+
+(the pool context of a backward term that of K_{B_e} s_n), there is no scalar Φ, and the EP
+update is the update rule's (:mod:`eqprop.core.update_rules`), edge by edge.
 """
 
 from __future__ import annotations
@@ -22,13 +30,15 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from eqprop.core.activations import Activation
-from eqprop.core.chain import ChainNetwork, Interactions, Phase, WeightGrads, stack_states
+from eqprop.core.asymmetric import AsymmetricInteraction, weight_angle
+from eqprop.core.chain import ChainNetwork, Interactions, Phase, WeightGrads
 from eqprop.core.colouring import depths, greedy_colouring
 from eqprop.core.graph_builders import GraphSettings
-from eqprop.core.graph_edges import build_edge
+from eqprop.core.graph_edges import build_edge, with_feedback
 from eqprop.core.graph_spec import NODE_ACTIVATIONS, GraphSpec
 from eqprop.core.kernels import fast_layout
 from eqprop.core.settings import NetworkSettings
+from eqprop.core.update_rules import UPDATE_RULES, PhaseStates, UpdateRule
 from eqprop.core.validation import SettingError, invalid
 
 __all__ = ["GraphNetwork", "NodeBias"]
@@ -47,7 +57,8 @@ class GraphNetwork(ChainNetwork):
 
     Args:
         input_shape: shape of one input, ``(C, H, W)`` or ``(D,)``.
-        graph: the nodes, edges, output kind and target node.
+        graph: the nodes, edges, output kind and target node, and whether the edges between
+            free nodes have feedback weights (with their update rule and init).
         num_classes: number of classes.
 
     Example:
@@ -111,6 +122,15 @@ class GraphNetwork(ChainNetwork):
             has = bool(self.input_edges[m]) or self.graph.nodes[m].bias
             self._packed.append((offset, shape) if has else None)
             offset += math.prod(shape) if has else 0
+        self.update_rule = graph.update_rule
+        self.feedback_init = graph.feedback_init
+        if graph.feedback:
+            # Last, as AsymmetricNetwork does: W and the biases are the symmetric graph's draws.
+            edges = zip(self.interactions, graph.edges, self.edge_src, strict=True)
+            self.interactions = Interactions([
+                layer if p < 0 else with_feedback(layer, e, i, graph.feedback_init)
+                for i, (layer, e, p) in enumerate(edges)
+            ])  # fmt: skip
 
     @classmethod
     def from_settings(
@@ -156,6 +176,26 @@ class GraphNetwork(ChainNetwork):
         if self.readout is not None:
             layers.append(self.readout)
         return layers
+
+    @property
+    def rule(self) -> UpdateRule:
+        """The update rule object named by :attr:`update_rule` (used with feedback only)."""
+        return UPDATE_RULES[self.update_rule]
+
+    def feedback_edges(self) -> dict[int, AsymmetricInteraction]:
+        """The edges with a feedback weight by index (none without ``graph.feedback``)."""
+        if not self.graph.feedback:
+            return {}
+        return {e: cast(AsymmetricInteraction, self.interactions[e])
+                for e in range(len(self.edge_src)) if self.edge_src[e] >= 0}  # fmt: skip
+
+    def weight_angles(self) -> dict[str, float]:
+        """Angle in degrees between each feedback weight and its forward weight, keyed by the
+        edge's label ``src->dst`` (empty without feedback)."""
+        return {
+            self.graph.edges[e].label: weight_angle(layer.forward_weight, layer.feedback)
+            for e, layer in self.feedback_edges().items()
+        }
 
     def node_bias(self, n: int) -> Tensor | None:
         """b_n, or None for a node without a bias."""
@@ -208,7 +248,16 @@ class GraphNetwork(ChainNetwork):
     # ----------------------------------------------------------------- energy and cost
 
     def phi(self, x: Tensor, state: Sequence[Tensor]) -> Tensor:
-        """Differentiable Φ(x, s, θ) per example, shape (B,); the cost is not included."""
+        """Differentiable Φ(x, s, θ) per example, shape (B,); the cost is not included.
+
+        Raises:
+            TypeError: with feedback weights, which leave no scalar Φ.
+        """
+        if self.graph.feedback:
+            raise TypeError(
+                "phi: a graph with feedback weights (graph.feedback) has no scalar energy Φ; "
+                "each node has its own φ_n (spec §4)"
+            )
         total = x.new_zeros(x.shape[0], dtype=state[0].dtype)
         for e, layer in enumerate(self.interactions):
             p, q = self._ends(e)
@@ -246,27 +295,34 @@ class GraphNetwork(ChainNetwork):
     def weight_contrast(
         self, x: Tensor, free_state: Sequence[Tensor], phases: Sequence[Phase], input_ctx: Any
     ) -> WeightGrads:
-        # As EnergyNetwork's: input edges once on the combined target state, the other edges
-        # on the phases stacked along the batch with c_k / B folded into the target state.
+        """As EnergyNetwork's: input edges once on the combined target state, the other edges
+        on the phases stacked along the batch with c_k / B folded into the target state. With
+        feedback, the update rule's terms (:meth:`UpdateRule.edge_grads` for the edges between
+        free nodes, :meth:`UpdateRule.input_grads` for those from the input), as a chain
+        :class:`~eqprop.core.asymmetric.AsymmetricNetwork` has them."""
         b = x.shape[0]
-        coefs = [c for c, _ in phases]
         out: WeightGrads = []
+        rule = self.rule if self.graph.feedback else None
         with torch.no_grad():
-            stacked = stack_states([s for _, s in phases])
-            w = torch.tensor(coefs, dtype=x.dtype, device=x.device).repeat_interleave(b) / b
+            states = PhaseStates(x, free_state, phases)
             for e, layer in enumerate(self.interactions):
                 p, q = self._ends(e)
-                if p < 0:
+                ctx = input_ctx.get(e) if isinstance(input_ctx, dict) else None
+                if p < 0 and rule is not None:  # the input term as the chain's rule has it
+                    out += rule.input_grads(layer, x, states, q, ctx)
+                elif p < 0:
                     first = cast(Tensor, sum(c * s[q].detach() for c, s in phases) / b)
-                    ctx = input_ctx.get(e) if isinstance(input_ctx, dict) else None
                     out += layer.paired_weight_grads(fast_layout(x), first, ctx)
+                elif rule is not None:
+                    out += rule.edge_grads(cast(AsymmetricInteraction, layer), states, p, q)
                 else:
-                    post = stacked[q] * w.view(-1, *([1] * (stacked[q].dim() - 1)))
-                    out += layer.paired_weight_grads(stacked[p], post)
+                    out += layer.paired_weight_grads(
+                        states.stacked(p), states.weighted(states.stacked(q))
+                    )
             for n in range(len(self._shapes)):
                 bias = self.node_bias(n)
                 if bias is not None:
-                    s = stacked[n] * w.view(-1, *([1] * (stacked[n].dim() - 1)))
+                    s = states.weighted(states.stacked(n))
                     grad = s.flatten(2).sum((0, 2)) if s.dim() == 4 else s.sum(0)
                     out.append((cast(nn.Parameter, bias), grad))
         return out
@@ -276,7 +332,14 @@ class GraphNetwork(ChainNetwork):
         out["nodes"] = self.node_names
         out["edges"] = [e.label for e in self.graph.edges]
         out["colouring"] = [[self.node_names[n] for n in block] for block in self.colouring]
+        out["feedback"] = self.graph.feedback
+        if self.graph.feedback:
+            out["update_rule"] = self.update_rule
+            out["feedback_init"] = self.feedback_init
         return out
 
     def extra_repr(self) -> str:
-        return f"input_shape={self.input_shape}, output={self.output!r}, nodes={self.node_names}"
+        text = f"input_shape={self.input_shape}, output={self.output!r}, nodes={self.node_names}"
+        if self.graph.feedback:
+            text += f", update_rule={self.update_rule!r}, feedback_init={self.feedback_init!r}"
+        return text

@@ -10,10 +10,12 @@ an output node inside the energy. ``widths=(128, 256, 512, 512)`` on 32×32 inpu
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+from eqprop.core.asymmetric import FEEDBACK_INITS, AsymmetricSettings
 from eqprop.core.graph_spec import (
     GRAPH_OUTPUTS,
     INPUT,
@@ -21,8 +23,10 @@ from eqprop.core.graph_spec import (
     EdgeSpec,
     GraphSpec,
     NodeSpec,
+    check_feedback,
 )
 from eqprop.core.settings import NetworkSettings
+from eqprop.core.update_rules import UPDATE_RULES
 from eqprop.core.validation import SettingError, check_choice, check_int, check_number, invalid
 
 __all__ = ["HR13_WIDTHS", "GraphSettings", "ResidualBlocks", "chain_graph", "residual_graph"]
@@ -32,9 +36,17 @@ HR13_WIDTHS = (128, 256, 512, 512)
 
 
 def chain_graph(
-    input_shape: Sequence[int], num_classes: int, settings: NetworkSettings
+    input_shape: Sequence[int],
+    num_classes: int,
+    settings: NetworkSettings,
+    feedback: bool | None = None,
 ) -> GraphSpec:
-    """The graph of a chain network: s_n interacts with s_{n−1} (edges with their own bias)."""
+    """The graph of a chain network: s_n interacts with s_{n−1} (edges with their own bias).
+
+    ``feedback``: whether the edges between states get feedback weights; None: exactly for
+    :class:`~eqprop.core.asymmetric.AsymmetricSettings` (whose update rule and feedback init
+    the graph then takes).
+    """
     nodes: list[NodeSpec] = []
     edges: list[EdgeSpec] = []
     shape = tuple(input_shape)
@@ -52,7 +64,11 @@ def chain_graph(
         nodes.append(NodeSpec(name, (size,), settings.activation))
         edges.append(EdgeSpec(src, name, "dense", bias=True))
         src = name
-    return GraphSpec(tuple(nodes), tuple(edges), settings.output)
+    spec = GraphSpec(tuple(nodes), tuple(edges), settings.output)
+    if isinstance(settings, AsymmetricSettings):
+        spec = dataclasses.replace(spec, feedback=True, update_rule=settings.update_rule,
+                                   feedback_init=settings.feedback_init)  # fmt: skip
+    return spec if feedback is None else dataclasses.replace(spec, feedback=feedback)
 
 
 def residual_graph(
@@ -117,7 +133,8 @@ class ResidualBlocks:
 @dataclass(frozen=True)
 class GraphSettings:
     """A graph as configs declare it (``model.graph``): a list of states and a list of edges,
-    or the compact ``residual`` form; ``output`` and ``target`` as in :class:`GraphSpec`.
+    or the compact ``residual`` form; ``output``, ``target``, ``feedback``, ``update_rule`` and
+    ``feedback_init`` as in :class:`GraphSpec`.
 
     Example (YAML)::
 
@@ -128,6 +145,8 @@ class GraphSettings:
           edges:
             - {src: x, dst: h, kernel: 3, stride: 2, padding: 1}
             - {src: h, dst: y, kind: dense}
+          feedback: true            # h->y also gets a feedback weight (spec §4)
+          update_rule: different
     """
 
     nodes: tuple[NodeSpec, ...] = ()
@@ -135,11 +154,15 @@ class GraphSettings:
     residual: ResidualBlocks | None = None
     output: str = field(default="mse", metadata={"choices": GRAPH_OUTPUTS})
     target: str | None = None
+    feedback: bool = False
+    update_rule: str = field(default="different", metadata={"choices": UPDATE_RULES})
+    feedback_init: str = field(default="random", metadata={"choices": FEEDBACK_INITS})
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "nodes", tuple(self.nodes))
         object.__setattr__(self, "edges", tuple(self.edges))
         check_choice(self.output, GRAPH_OUTPUTS, "output")
+        check_feedback(self.feedback, self.update_rule, self.feedback_init)
         if (self.residual is None) == (not self.nodes and not self.edges):
             raise SettingError("graph: expected either nodes and edges or residual, not both")
         if self.residual is not None and self.output == "ce":
@@ -160,9 +183,12 @@ class GraphSettings:
         """The graph for inputs of ``input_shape`` (the residual form needs an image)."""
         r = self.residual
         if r is None:
-            return GraphSpec(self.nodes, self.edges, self.output, self.target)
-        if len(input_shape) != 3:
+            spec = GraphSpec(self.nodes, self.edges, self.output, self.target)
+        elif len(input_shape) != 3:
             raise SettingError(f"graph.residual: needs an image input (C, H, W), got {input_shape}")
-        return residual_graph(
-            input_shape, num_classes, r.widths, r.activation, self.output, r.gains
-        )
+        else:
+            spec = residual_graph(
+                input_shape, num_classes, r.widths, r.activation, self.output, r.gains
+            )
+        return dataclasses.replace(spec, feedback=self.feedback, update_rule=self.update_rule,
+                                   feedback_init=self.feedback_init)  # fmt: skip

@@ -2,7 +2,9 @@
 
 A residual graph's edges carry no bias of their own (the biases sit on the nodes), so the
 bias-free forms drop the bias from Φ, from ``weights()`` and from the Hebbian product; their
-closed forms are otherwise the chain's (:mod:`eqprop.core.interactions`).
+closed forms are otherwise the chain's (:mod:`eqprop.core.interactions`). With feedback weights
+(spec §4), an edge between two free states is the asymmetric chain's interaction
+(:mod:`eqprop.core.asymmetric`), with or without bias likewise (:func:`with_feedback`).
 """
 
 from __future__ import annotations
@@ -13,10 +15,23 @@ from typing import Any, cast
 import torch
 from torch import Tensor, nn
 
+from eqprop.core.asymmetric import (
+    AsymmetricConvInteraction,
+    AsymmetricDenseInteraction,
+    AsymmetricInteraction,
+    init_feedback,
+)
 from eqprop.core.graph_spec import EdgeSpec
 from eqprop.core.interactions import ConvInteraction, ConvLayer, DenseInteraction, Interaction
 
-__all__ = ["BiasFreeConv", "BiasFreeDense", "build_edge"]
+__all__ = [
+    "BiasFreeAsymmetricConv",
+    "BiasFreeAsymmetricDense",
+    "BiasFreeConv",
+    "BiasFreeDense",
+    "build_edge",
+    "with_feedback",
+]
 
 
 class BiasFreeConv(ConvInteraction):
@@ -51,6 +66,19 @@ class BiasFreeDense(DenseInteraction):
         return [torch.mm(post.detach().t(), pre.detach().flatten(1))]
 
 
+class BiasFreeAsymmetricConv(BiasFreeConv, AsymmetricConvInteraction):
+    """A conv term without bias, with feedback weights (the dynamics of
+    :class:`~eqprop.core.asymmetric.AsymmetricConvInteraction`)."""
+
+    def weight_grads(self, pre: Tensor, post: Tensor, ctx: Any = None) -> list[Tensor]:
+        # forward_drive's context is the *feedback* map's: W's term takes its own.
+        return BiasFreeConv.weight_grads(self, pre, post, None)
+
+
+class BiasFreeAsymmetricDense(BiasFreeDense, AsymmetricDenseInteraction):
+    """A dense term without bias, with feedback weights B of W's shape."""
+
+
 def build_edge(
     edge: EdgeSpec, pre: tuple[int, ...], post: tuple[int, ...], index: int
 ) -> Interaction:
@@ -72,3 +100,25 @@ def build_edge(
             for w in weights:
                 w.uniform_(-bound, bound)
     return layer
+
+
+def with_feedback(
+    layer: Interaction, edge: EdgeSpec, index: int, init: str
+) -> AsymmetricInteraction:
+    """``layer`` (built by :func:`build_edge`) with a feedback weight: the same W (and bias),
+    and B a fresh default draw scaled by the edge's ``gain`` (as W's init is), or W's copy
+    when ``init`` is ``forward``."""
+    new: AsymmetricInteraction
+    if isinstance(layer, ConvInteraction):
+        image = cast("tuple[int, int, int]", layer.pre_shape)
+        cls = AsymmetricConvInteraction if edge.bias else BiasFreeAsymmetricConv
+        new = cls(image, layer.spec, index)
+    else:
+        dense = AsymmetricDenseInteraction if edge.bias else BiasFreeAsymmetricDense
+        new = dense(layer.pre_shape, layer.post_shape[0])
+    with torch.no_grad():
+        for mine, theirs in zip(new.weights(), layer.weights(), strict=True):
+            mine.copy_(theirs)
+    # PyTorch's default draw is U(±1/√fan_in); a gain g makes W's U(±g/√fan_in).
+    init_feedback(new, init, 1.0 if edge.gain is None else edge.gain)
+    return new

@@ -4,7 +4,9 @@ Residual-energies spec §1. A graph is a list of :class:`NodeSpec` (free states,
 activation box and an optional per-channel bias) and a list of :class:`EdgeSpec` (a bilinear
 interaction from a source state, or the clamped input ``x``, to a target state: a conv of any
 kernel, stride and padding with or without pooling, a 1×1 strided skip conv, or a dense map).
-Φ is the sum of the edge terms plus ⟨b_n, s_n⟩ for every node with a bias.
+Φ is the sum of the edge terms plus ⟨b_n, s_n⟩ for every node with a bias. With ``feedback``,
+every edge between two free states also has a feedback weight (spec §4): there is then no
+scalar Φ, but one function φ_n per node.
 
 Also the ``model.graph`` config section (:mod:`eqprop.train.graphs` reads it from YAML).
 """
@@ -16,7 +18,10 @@ from dataclasses import dataclass, field
 from torch import Tensor
 
 from eqprop.core.activations import ACTIVATIONS, Activation
+from eqprop.core.asymmetric import FEEDBACK_INITS
 from eqprop.core.interactions import POOLS, ConvLayer
+from eqprop.core.planar import complex_identity_
+from eqprop.core.update_rules import UPDATE_RULES
 from eqprop.core.validation import SettingError, check_choice, check_int, check_number, invalid
 
 __all__ = [
@@ -27,6 +32,7 @@ __all__ = [
     "EdgeSpec",
     "GraphSpec",
     "NodeSpec",
+    "check_feedback",
     "edge_post_shape",
 ]
 
@@ -64,8 +70,18 @@ def _identity(x: Tensor) -> Tensor:
 NODE_ACTIVATIONS: dict[str, Activation] = {
     **ACTIVATIONS,
     "relu6": Activation("relu6", _relu6, _relu6_, "clamp(x, 0, 6)"),
-    "identity": Activation("identity", _identity, _identity, "identity (linear node)"),
+    "identity": Activation(
+        "identity", _identity, _identity, "identity (linear node)", complex_identity_
+    ),
 }
+
+
+def check_feedback(feedback: bool, update_rule: str, feedback_init: str) -> None:
+    """Raise a one-line :class:`SettingError` naming the first bad feedback setting."""
+    if not isinstance(feedback, bool):
+        raise invalid(feedback, "true or false", "feedback")
+    check_choice(update_rule, UPDATE_RULES, "update_rule")
+    check_choice(feedback_init, FEEDBACK_INITS, "feedback_init")
 
 
 def _check_gain(value: float | None, name: str) -> None:
@@ -161,17 +177,26 @@ class GraphSpec:
         output: a key of :data:`GRAPH_OUTPUTS`.
         target: the node the cost acts on (mse, node_ce) or the readout reads (ce); None:
             the last node.
+        feedback: give every edge between two free states a feedback weight B of its
+            forward weight's shape (an asymmetric, "VF" network; spec §4).
+        update_rule: with feedback, a key of
+            :data:`~eqprop.core.update_rules.UPDATE_RULES`.
+        feedback_init: with feedback, a key of :data:`~eqprop.core.asymmetric.FEEDBACK_INITS`.
     """
 
     nodes: tuple[NodeSpec, ...]
     edges: tuple[EdgeSpec, ...]
     output: str = field(default="mse", metadata={"choices": GRAPH_OUTPUTS})
     target: str | None = None
+    feedback: bool = False
+    update_rule: str = field(default="different", metadata={"choices": UPDATE_RULES})
+    feedback_init: str = field(default="random", metadata={"choices": FEEDBACK_INITS})
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "nodes", tuple(self.nodes))
         object.__setattr__(self, "edges", tuple(self.edges))
         check_choice(self.output, GRAPH_OUTPUTS, "output")
+        check_feedback(self.feedback, self.update_rule, self.feedback_init)
         if not self.nodes:
             raise SettingError("graph.nodes is empty; expected at least one state")
         names = [n.name for n in self.nodes]

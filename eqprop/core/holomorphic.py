@@ -18,7 +18,8 @@ real closed form on the planar rows with the imaginary rows of one factor negate
 conjugation anywhere). :meth:`PlanarNetwork.readout_grads` does the same for the readout.
 
 A network whose pieces are not holomorphic (a clamp activation, max pooling) cannot be
-continued off the real axis: :func:`check_holomorphic` names the piece.
+continued off the real axis: :func:`check_holomorphic` names the piece (on energy graphs, the
+node or the edge; their planar view is :mod:`eqprop.core.planar_graph`).
 """
 
 from __future__ import annotations
@@ -34,10 +35,12 @@ from torch import Tensor, nn
 
 from eqprop.core.activations import Activation
 from eqprop.core.chain import ChainNetwork, Interactions, State, WeightGrads
+from eqprop.core.holomorphic_check import check_holomorphic, complex_form
 from eqprop.core.interactions import ConvInteraction, DenseInteraction, Interaction
 from eqprop.core.kernels import conv_param_grads, fast_layout
 from eqprop.core.planar import (
     Rows,
+    complex_identity_,
     planar_scale_,
     planar_softmax_,
     planar_softmax_pool,
@@ -48,35 +51,14 @@ from eqprop.core.validation import SettingError
 __all__ = [
     "PlanarNetwork",
     "check_holomorphic",
+    "complex_form",
     "from_planar",
     "planar_activation",
     "planar_activation_",
+    "planar_activation_of",
     "planar_states",
     "to_planar",
 ]
-
-
-def check_holomorphic(net: ChainNetwork, why: str = "more than 2 points") -> None:
-    """Raise unless every piece of ``net``'s dynamics is holomorphic.
-
-    Raises:
-        SettingError: one line naming the piece (``model.activation`` or
-            ``model.conv[i].pool``) and what would be accepted.
-    """
-    act = net.activation
-    if not act.holomorphic:
-        raise SettingError(
-            f"{act.name!r} is not holomorphic (a clamp has kinks), so complex nudging ({why}) "
-            "cannot use it; use dsilu (a smooth clamp), mysig, sigmoid or tanh",
-            "model.activation",
-        )
-    for i, layer in enumerate(net.interactions):
-        if isinstance(layer, ConvInteraction) and layer.spec.pool == "m":
-            raise SettingError(
-                f"'m' (max pool) is not holomorphic, so complex nudging ({why}) cannot use it; "
-                "use s (softmax pool), a (average pool) or i (none)",
-                f"model.conv[{i}].pool",
-            )
 
 
 def to_planar(parts: Sequence[Tensor], complex_parts: Sequence[Tensor] = ()) -> Tensor:
@@ -117,11 +99,27 @@ def planar_activation(t: Tensor, act: Activation, rows: Rows) -> Tensor:
     return planar_activation_(t.clone(), act, rows)
 
 
+def planar_activation_of(act: Activation, rows: Rows, compile: bool = False) -> Activation:
+    """``act`` on planar batches laid out as ``rows`` (its complex form :func:`complex_form`,
+    through :func:`compiled` when ``compile``)."""
+    fn = complex_form(act)
+    if compile and fn is not None and fn is not complex_identity_:
+        fn = compiled(fn)
+    act = dataclasses.replace(act, complex_fn_=fn)
+    return Activation(
+        act.name,
+        functools.partial(planar_activation, act=act, rows=rows),
+        functools.partial(planar_activation_, act=act, rows=rows),
+        act.description,
+        fn,
+    )
+
+
 class _PlanarInteraction(Interaction):
     """An interaction on planar batches, wrapping a real one (parameters shared)."""
 
     def __init__(self, inner: Interaction, rows: Rows) -> None:
-        super().__init__()
+        nn.Module.__init__(self)  # not super(): a subclass may mix in a real interaction class
         self.inner = inner
         self.rows = rows
         self.pre_shape = inner.pre_shape
@@ -130,19 +128,25 @@ class _PlanarInteraction(Interaction):
     def weights(self) -> list[nn.Parameter]:
         return self.inner.weights()
 
-    def _bias(self) -> Tensor:
+    def _bias(self) -> Tensor | None:
+        """The bias, shaped to broadcast over a drive; None for a bias-free interaction."""
         raise NotImplementedError
 
     def _add_real_bias(self, drive: Tensor) -> Tensor:
         """Add the bias to the real rows and real parts only (in place). Added to every row
         and taken off the imaginary ones instead, it would cancel catastrophically there
         (b + ε − b)."""
-        drive[: self.rows.with_bias] += self._bias()
+        bias = self._bias()
+        if bias is not None:
+            drive[: self.rows.with_bias] += bias
         return drive
 
-    def _bias_grad(self, u: Tensor, dims: tuple[int, ...]) -> Tensor:
-        """Σ of ``u`` over the rows the bias acts on and ``dims``."""
-        return u[: self.rows.with_bias].sum(dims)
+    def _with_bias_grad(self, g_w: Tensor, u: Tensor, dims: tuple[int, ...]) -> list[Tensor]:
+        """[g_w, Σ of ``u`` over the rows the bias acts on and ``dims``], or [g_w] without a
+        bias: aligned with :meth:`weights`."""
+        if self._bias() is None:
+            return [g_w]
+        return [g_w, u[: self.rows.with_bias].sum(dims)]
 
 
 class PlanarDense(_PlanarInteraction):
@@ -150,8 +154,8 @@ class PlanarDense(_PlanarInteraction):
 
     inner: DenseInteraction
 
-    def _bias(self) -> Tensor:
-        return self.inner.linear.bias
+    def _bias(self) -> Tensor | None:
+        return cast("Tensor | None", self.inner.linear.bias)
 
     def forward_drive(self, pre: Tensor) -> tuple[Tensor, None]:
         return self._add_real_bias(F.linear(pre.flatten(1), self.inner.linear.weight)), None
@@ -160,11 +164,13 @@ class PlanarDense(_PlanarInteraction):
         return self.inner.backward_drive(post, ctx)
 
     def weight_grads(self, pre: Tensor, post: Tensor, ctx: Any = None) -> list[Tensor]:
-        """Re of Σ_rows ∂φ/∂θ for complex (coefficient-weighted) ``post``; ``post`` is
-        overwritten (its imaginary rows negated)."""
+        """Re of Σ_rows ∂φ/∂θ for complex (coefficient-weighted) ``post``: the real rows and
+        real parts' product minus the imaginary parts' (``post`` is left as it is)."""
+        w = self.rows.with_bias
         with torch.no_grad():
-            self.rows.imag(post).neg_()
-            return [torch.mm(post.t(), pre.flatten(1)), self._bias_grad(post, (0,))]
+            pre = pre.flatten(1)
+            g_w = torch.mm(post[:w].t(), pre[:w]).sub_(torch.mm(post[w:].t(), pre[w:]))
+            return self._with_bias_grad(g_w, post, (0,))
 
 
 class PlanarConv(_PlanarInteraction):
@@ -172,10 +178,11 @@ class PlanarConv(_PlanarInteraction):
 
     inner: ConvInteraction
 
-    def _bias(self) -> Tensor:
-        return cast(Tensor, self.inner.conv.bias).view(-1, 1, 1)
+    def _bias(self) -> Tensor | None:
+        bias = self.inner.conv.bias
+        return None if bias is None else bias.view(-1, 1, 1)
 
-    def _pool(self, z: Tensor) -> tuple[Tensor, Any]:
+    def _planar_pool(self, z: Tensor) -> tuple[Tensor, Any]:
         spec = self.inner.spec
         if spec.pool == "s":
             return planar_softmax_pool(z, spec.temperature, self.rows)
@@ -192,10 +199,10 @@ class PlanarConv(_PlanarInteraction):
         return self._add_real_bias(z)
 
     def forward_drive(self, pre: Tensor) -> tuple[Tensor, Any]:
-        pooled, ctx = self._pool(self._pre_pool(pre))
+        pooled, ctx = self._planar_pool(self._pre_pool(pre))
         feedback = self.inner.feedback_map(pre) if ctx is not None else None
         if feedback is not None:  # asymmetric: the backward weighs by the feedback map's pool
-            ctx = self._pool(feedback)[1]
+            ctx = self._planar_pool(feedback)[1]
         return fast_layout(pooled), ctx
 
     def _unpool(self, post: Tensor, ctx: Any) -> Tensor:
@@ -216,12 +223,12 @@ class PlanarConv(_PlanarInteraction):
         inner = self.inner
         with torch.no_grad():
             if ctx is None:
-                ctx = self._pool(self._pre_pool(pre))[1]
+                ctx = self._planar_pool(self._pre_pool(pre))[1]
             u = self._unpool(post, ctx)
             self.rows.imag(u).neg_()
             s = inner.spec
             g_w, _ = conv_param_grads(u, pre, inner.conv.weight, s.stride, s.padding, False)
-        return [g_w, self._bias_grad(u, (0, 2, 3))]
+        return self._with_bias_grad(g_w, u, (0, 2, 3))
 
 
 class PlanarNetwork(ChainNetwork):
@@ -245,16 +252,7 @@ class PlanarNetwork(ChainNetwork):
         self.output = net.output
         self.relaxation = None
         self.rows = rows
-        act = net.activation
-        if compile and act.complex_fn_ is not None:
-            act = dataclasses.replace(act, complex_fn_=compiled(act.complex_fn_))
-        self.activation = Activation(
-            act.name,
-            functools.partial(planar_activation, act=act, rows=rows),
-            functools.partial(planar_activation_, act=act, rows=rows),
-            act.description,
-            act.complex_fn_,
-        )
+        self.activation = planar_activation_of(net.activation, rows, compile)
         layers: list[Interaction] = []
         for layer in net.interactions:
             if isinstance(layer, ConvInteraction):
@@ -271,12 +269,19 @@ class PlanarNetwork(ChainNetwork):
         logits[: self.rows.with_bias] += self.readout.bias
         return planar_softmax_(logits, self.rows)
 
+    def _output(self, state: Sequence[Tensor]) -> Tensor:
+        """The output state inside the energy (no readout): a chain's last layer."""
+        return state[-1]
+
     def _error(self, state: Sequence[Tensor], onehot: Tensor) -> Tensor:
-        """∂L/∂(output) on the planar batch: s − y (mse) or softmax(z) − y (ce), y real."""
-        if self.readout is None:
-            err = state[-1].clone()
-        else:
+        """∂L/∂(output or logits) on the planar batch: s − y (mse), softmax(s) − y (a graph's
+        node_ce) or softmax(z) − y (ce), y real."""
+        if self.readout is not None:
             err = self._probabilities(state[self.target_layer])
+        elif self.output == "node_ce":
+            err = planar_softmax_(self._output(state).clone(), self.rows)
+        else:
+            err = self._output(state).clone()
         err[: self.rows.with_bias] -= onehot[: self.rows.with_bias]
         return err
 

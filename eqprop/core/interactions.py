@@ -117,6 +117,11 @@ class Interaction(nn.Module):
         """Return ∂φ/∂pre given the context of ``forward_drive`` at the current ``pre``."""
         raise NotImplementedError
 
+    def backward_context(self, pre: Tensor) -> Any:
+        """The context :meth:`backward_drive` needs at ``pre``: ``forward_drive``'s, unless a
+        subclass can get it for less (feedback weights: the feedback map's pool alone)."""
+        return self.forward_drive(pre)[1]
+
     def phi(self, pre: Tensor, post: Tensor) -> Tensor:
         """Differentiable per-example value of the term, shape (B,)."""
         raise NotImplementedError

@@ -46,6 +46,7 @@ __all__ = [
     "COMPLEX_ACTIVATIONS",
     "Rows",
     "complex_dsilu_",
+    "complex_identity_",
     "complex_mysig_",
     "complex_sigmoid_",
     "complex_softmax_",
@@ -181,6 +182,10 @@ def complex_dsilu_(re: Tensor, im: Tensor) -> None:
     d_im.mul_(re).addcmul_(im, d_re)  # Im(z d)
     torch.add(b_re, half_re, alpha=0.5, out=re)
     torch.add(b_im, d_im, alpha=0.5, out=im)
+
+
+def complex_identity_(re: Tensor, im: Tensor) -> None:
+    """The identity (a linear node) in place: nothing to do."""
 
 
 #: Planar forms f(re, im) (in place) of the holomorphic activations, by activation name.

@@ -4,12 +4,14 @@ Every step has the chain schedules' signature; ``input_drive`` is the graph's pa
 drive (:meth:`GraphNetwork.constants` unpacks it). The drive of node n is built in one order:
 its constant (bias and input edges), its incoming edges' forward terms, its outgoing edges'
 transposed terms, then the nudge; on a chain this is the chain schedules' order, so a chain
-built as a graph relaxes to the same bits.
+built as a graph relaxes to the same bits. With feedback weights (spec §4) the transposed terms
+apply Bᵀ at the pool context of the feedback map (what the edge's ``forward_drive`` returns),
+so the same schedules relax asymmetric graphs.
 
 - ``synchronous``: every node from the previous state.
 - ``coloured`` (and ``even_odd``): block coordinate over the network's proper colouring
-  (:mod:`eqprop.core.colouring`); each block update is an exact minimisation, so F_β never
-  rises. Nudged sweeps start with the target node's block.
+  (:mod:`eqprop.core.colouring`); without feedback weights each block update is an exact
+  minimisation, so F_β never rises. Nudged sweeps start with the target node's block.
 - ``parity_jacobi``: the reference code's split by node position (odd-numbered states, then
   even-numbered ones), each group updated from its pre-group state; not an exact block update
   once same-parity states interact (skips).
@@ -35,14 +37,15 @@ __all__ = ["GRAPH_SCHEDULES", "graph_drives", "graph_feedforward_state", "schedu
 
 
 def _context(net: GraphNetwork, e: int, pre: Tensor, work: Workspace) -> Any:
-    """Edge e's forward context at ``pre`` (None for a linear pool), cached in the workspace
-    while ``pre`` is unchanged."""
+    """The context edge e's backward term needs at ``pre`` (None for a linear pool), cached in
+    the workspace while ``pre`` is unchanged: that of ``forward_drive(pre)``, which with
+    feedback weights is the pool context of the feedback map conv_B(pre)."""
     layer = net.interactions[e]
     if not (isinstance(layer, ConvInteraction) and layer.spec.pool in NONLINEAR_POOLS):
         return None
     cached = work.contexts.get(e)
     if cached is None or cached[0] is not pre:
-        cached = work.contexts[e] = (pre, layer.forward_drive(pre)[1])
+        cached = work.contexts[e] = (pre, layer.backward_context(pre))
     return cached[1]
 
 

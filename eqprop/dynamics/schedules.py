@@ -68,7 +68,7 @@ class Workspace:
         """Interaction k's forward context at the presynaptic state ``pre`` (cached)."""
         cached = self.contexts.get(k)
         if cached is None or cached[0] is not pre:
-            cached = self.contexts[k] = (pre, net.interactions[k].forward_drive(pre)[1])
+            cached = self.contexts[k] = (pre, net.interactions[k].backward_context(pre))
         return cached[1]
 
 

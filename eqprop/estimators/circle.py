@@ -15,8 +15,9 @@ import torch
 from torch import Tensor
 
 from eqprop.core.chain import ChainNetwork, State, WeightGrads
-from eqprop.core.holomorphic import PlanarNetwork, planar_states, to_planar
+from eqprop.core.holomorphic import planar_states, to_planar
 from eqprop.core.planar import Rows
+from eqprop.core.planar_graph import planar_view
 from eqprop.dynamics.solver import Solver
 from eqprop.estimators.ep import EPEstimator
 
@@ -91,8 +92,8 @@ class Points:
         betas: β_k of each point, the real ones first (row order).
         weights: w_k of each point in the N-point sum.
         rows: the planar layout (``n_real`` batches of real rows, then ``n_complex`` batches).
-        net: what relaxed them: a :class:`PlanarNetwork` view, or the network itself when every
-            point is real.
+        net: what relaxed them: a planar view (:func:`~eqprop.core.planar_graph.planar_view`),
+            or the network itself when every point is real.
         state: the final planar states.
         steps: steps taken.
         residual: per row ‖s_T − s_{T−2}‖₂ (None without the guard).
@@ -163,7 +164,7 @@ def relax_points(
     n_real = sum(not beta.imag for beta in betas)
     n_complex = len(betas) - n_real
     rows = Rows(n_real * b, n_complex * b)
-    view: ChainNetwork = PlanarNetwork(net, rows, solver.compile) if n_complex else net
+    view: ChainNetwork = planar_view(net, rows, solver.compile) if n_complex else net
     if n_complex:
         solver = eager(solver)
     pts = Points(betas, weights, rows, view, [], 0, None)

@@ -26,7 +26,8 @@ when J is symmetric (B = Wᵀ), and the Jacobian-homeostasis regulariser pushes 
 
 The update and the regulariser differentiate the network's own closed-form drives with autograd
 (real arithmetic, once per batch, outside the relaxation loop); with softmax pooling this takes
-the pool's second derivative in the top-down term, which no Hebbian product would.
+the pool's second derivative in the top-down term, which no Hebbian product would. G(s) is
+written for chain networks: energy graphs are refused (:func:`check_chain`).
 """
 
 from __future__ import annotations
@@ -44,10 +45,11 @@ import torch.autograd.forward_ad as fwAD
 from torch import Tensor, nn
 
 from eqprop.core.chain import ChainNetwork, State, WeightGrads
+from eqprop.core.graph import GraphNetwork
 from eqprop.core.holomorphic import check_holomorphic
 from eqprop.core.kernels import fast_layout
 from eqprop.core.planar import planar_scale_
-from eqprop.core.validation import check_int, check_number
+from eqprop.core.validation import SettingError, check_int, check_number
 from eqprop.estimators.base import Estimate, register
 from eqprop.estimators.circle import (
     circle_points,
@@ -61,6 +63,7 @@ from eqprop.estimators.ep import EPEstimator
 
 __all__ = [
     "GeneralizedHolomorphicEP",
+    "check_chain",
     "drives",
     "homeostasis_loss",
 ]
@@ -136,6 +139,20 @@ def homeostasis_loss(
         return torch.as_tensor(per_row).mean() / n
 
 
+def check_chain(net: ChainNetwork) -> None:
+    """Raise unless ``net`` is a chain network: G(s) (:func:`drives`) is written for chains.
+
+    Raises:
+        SettingError: one line, for an energy graph.
+    """
+    if isinstance(net, GraphNetwork):
+        raise SettingError(
+            "generalized holomorphic EP needs a chain network (its update differentiates the "
+            "chain's drives G(s)), not a graph; use estimator.kind: holomorphic for graphs",
+            "estimator.kind",
+        )
+
+
 def _dynamics_params(net: ChainNetwork) -> list[nn.Parameter]:
     return [p for layer in net.interactions for p in layer.parameters()]
 
@@ -185,6 +202,7 @@ class GeneralizedHolomorphicEP(EPEstimator):
         free_residual: Tensor | None = None,
     ) -> tuple[State, int, dict[str, float]]:  # fmt: skip
         """δ̂ at s* (one (B, ...) tensor per layer), the nudged steps taken and guard counts."""
+        check_chain(net)
         if self.points == 0:
             return self._exact_delta(net, drive, free, y)
         b, n = y.shape[0], self.points
@@ -266,6 +284,7 @@ class GeneralizedHolomorphicEP(EPEstimator):
     def _run(
         self, net: ChainNetwork, x: Tensor, y: Tensor, state: Sequence[Tensor] | None
     ) -> tuple[WeightGrads, Estimate]:
+        check_chain(net)
         x, y = net.check_input(x, y)
         drive = net.input_drive(x)
         state = warm_state(self, state, x.shape[0])

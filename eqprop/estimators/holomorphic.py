@@ -10,13 +10,16 @@ the readout (outside Φ) getting Re (1/N) Σ_k ∂L/∂θ_out(s^{β_k}). θ, x, 
 real, so point N − k is the conjugate of point k: only k = 0..⌊N/2⌋ are relaxed, the real ones
 (k = 0, and N/2 for even N) with weight 1, the others with weight 2. They run as one planar
 batch (:mod:`eqprop.core.planar`: the real points, then the real and imaginary parts of the
-complex ones), with per-row β, through the ordinary schedules and solver on a
-:class:`~eqprop.core.holomorphic.PlanarNetwork` view; the update is the view's closed form.
+complex ones), with per-row β, through the ordinary schedules and solver on a planar view
+(:func:`~eqprop.core.planar_graph.planar_view`: a chain's
+:class:`~eqprop.core.holomorphic.PlanarNetwork`, an energy graph's
+:class:`~eqprop.core.planar_graph.PlanarGraphNetwork`); the update is the view's closed form.
 
 - N = 1 is one-sided EP (with the free-state term) and N = 2 symmetric EP: both run the
   :class:`~eqprop.estimators.ep.EPEstimator` code of ``OneSidedEP`` / ``SymmetricEP``, in real
   arithmetic, and any network is accepted. N > 2 needs holomorphic pieces
-  (:func:`~eqprop.core.holomorphic.check_holomorphic`) and a symmetric network (asymmetric ones:
+  (:func:`~eqprop.core.holomorphic.check_holomorphic`) and a symmetric network, a chain or an
+  energy graph without feedback weights (asymmetric chains:
   :class:`~eqprop.estimators.generalized.GeneralizedHolomorphicEP`).
 - Convergence guard (N > 2, ``guard``): the residual ρ = ‖s_T − s_{T−2}‖₂ of every example's
   last two steps (no extra steps). An example whose free phase has log₁₀ρ > 2 or is not finite
@@ -41,9 +44,11 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from eqprop.core.chain import ChainNetwork, State, WeightGrads
+from eqprop.core.graph import GraphNetwork
 from eqprop.core.holomorphic import PlanarNetwork, check_holomorphic, planar_states, to_planar
 from eqprop.core.network import EnergyNetwork
 from eqprop.core.planar import Rows
+from eqprop.core.planar_graph import planar_view
 from eqprop.core.validation import SettingError, check_int, invalid
 from eqprop.estimators.base import Estimate, register
 from eqprop.estimators.circle import (
@@ -60,6 +65,14 @@ from eqprop.estimators.circle import (
 from eqprop.estimators.ep import EPEstimator, OneSidedEP, SymmetricEP
 
 __all__ = ["HolomorphicEP"]
+
+
+def _symmetric(net: ChainNetwork) -> bool:
+    """Whether ``net`` has a Φ: an energy network, or an energy graph none of whose edges
+    carries feedback weights (``feedback``, the asymmetric interactions' convention)."""
+    if isinstance(net, GraphNetwork):
+        return not any(hasattr(layer, "feedback") for layer in net.interactions)
+    return isinstance(net, EnergyNetwork)
 
 
 @register
@@ -119,10 +132,11 @@ class HolomorphicEP(EPEstimator):
         if not self.complex_points:
             return
         check_holomorphic(net, f"points: {self.points}" + (", online" if self.online else ""))
-        if not isinstance(net, EnergyNetwork):
+        if not _symmetric(net):
+            kind = type(net).__name__ + (" with feedback" if isinstance(net, GraphNetwork) else "")
             raise SettingError(
-                f"holomorphic with points > 2 or online needs a symmetric network, not "
-                f"{type(net).__name__}; use estimator.kind: generalized for asymmetric networks",
+                f"holomorphic with points > 2 or online needs a symmetric network, not {kind}; "
+                "use estimator.kind: generalized for asymmetric chain networks",
                 "estimator.kind",
             )
 
@@ -222,7 +236,7 @@ class HolomorphicEP(EPEstimator):
         """The online estimate (module docstring): N points per period, state carried."""
         b, n, periods = x.shape[0], self.points, self.online_periods
         rows = Rows(0, b)
-        view = PlanarNetwork(net, rows, self.solver.compile)
+        view = planar_view(net, rows, self.solver.compile)
         p_drive = to_planar([], [drive])
         state = planar_states(free, 0, 1)
         y_rows = y.repeat(2)

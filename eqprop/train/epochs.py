@@ -10,6 +10,7 @@ import torch
 from eqprop.analysis.gdu import check_gdu
 from eqprop.core import ChainNetwork
 from eqprop.core.asymmetric import AsymmetricNetwork
+from eqprop.core.graph import GraphNetwork
 from eqprop.dynamics import Solver
 from eqprop.train.loader import EpochLoader
 from eqprop.train.schema import ExperimentConfig
@@ -67,9 +68,10 @@ class EpochStats:
 
 
 def model_fields(net: ChainNetwork, optimizer: torch.optim.Optimizer) -> dict[str, Any]:
-    """Learning rate per layer and, for asymmetric nets, the W–B angle per layer (degrees)."""
+    """Learning rate per layer and, for asymmetric nets, the W–B angle per layer (degrees);
+    for graphs with feedback weights, per edge (``angle_src->dst``)."""
     out: dict[str, Any] = {f"lr_layer{i}": g["lr"] for i, g in enumerate(optimizer.param_groups)}
-    if isinstance(net, AsymmetricNetwork):
+    if isinstance(net, (AsymmetricNetwork, GraphNetwork)):  # a graph without feedback: none
         out.update({f"angle_{layer}": a for layer, a in net.weight_angles().items()})
     return out
 

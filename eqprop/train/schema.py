@@ -126,6 +126,17 @@ class ModelConfig(Section, AsymmetricSettings):
     def _validate(self) -> None:
         if (self.kind == "graph") != (self.graph is not None):
             raise ConfigError("expected model.graph exactly when model.kind is graph", "graph")
+        if self.kind == "asymmetric":
+            return
+        # A non-default value would be silently ignored by the other kinds.
+        where = "model.graph.{}" if self.kind == "graph" else "model.kind: asymmetric"
+        for name, default in (("update_rule", "different"), ("feedback_init", "random")):
+            if getattr(self, name) != default:
+                raise ConfigError(
+                    f"{getattr(self, name)!r} applies to model.kind asymmetric only, not "
+                    f"{self.kind!r}; use {where.format(name)}",
+                    name,
+                )
 
 
 @dataclass(frozen=True)

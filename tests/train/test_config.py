@@ -318,6 +318,10 @@ BAD = {
     ),
     "override of unknown section": (_override("optm.lr=0.1"), ["optm", "did you mean 'optim'"]),
     "override below a value": (_override("optim.lr.x=1"), ["optim.lr.x", "not a section"]),
+    "update rule of a symmetric net": (
+        _override("model.update_rule=same"),
+        ["model.update_rule: 'same' applies to model.kind asymmetric only"],
+    ),
     "override of missing conv index": (_override("model.conv[2].channels=3"), ["model.conv[2]"]),
     "override with invalid YAML": (_override("model.dense=[1,"), ["model.dense", "'[1,'"]),
     "override with wrong type": (_override("train.epochs=abc"), ["train.epochs", "'abc'"]),
