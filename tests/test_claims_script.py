@@ -1,0 +1,96 @@
+"""``benchmarks/claims.py`` on a tiny experiment set: it trains through the ``eqprop`` command,
+writes ``claims.json`` with every required field and the PNGs, and a second invocation skips
+the finished runs."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+
+#: Two one-epoch digits runs (about 3 s each, mostly importing torch), one with the EP-vs-BPTT
+#: check, in a group named ``budget`` so that every figure is drawn.
+TINY_SET = [
+    {"name": "ep", "preset": "digits-quickstart-fast", "groups": ["budget", "demo"],
+     "overrides": ["train.epochs=1", "log.check_every=1", "log.tensorboard=false",
+                   "log.plots=false"]},
+    {"name": "bptt", "preset": "digits-quickstart-fast", "groups": ["budget"],
+     "overrides": ["train.epochs=1", "estimator.kind=bptt", "log.tensorboard=false",
+                   "log.plots=false"]},
+]  # fmt: skip
+
+REQUIRED = {
+    "name", "preset", "overrides", "epochs", "test_error", "final_train_error", "wall_seconds",
+    "steps_per_example", "curves", "gradient_quality", "status",
+}  # fmt: skip
+
+
+@pytest.mark.slow
+def test_claims_script_runs_reports_and_skips_finished_runs(tmp_path, monkeypatch, capsys):
+    monkeypatch.syspath_prepend(str(BENCHMARKS))
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    import claims
+
+    set_file = tmp_path / "set.json"
+    set_file.write_text(json.dumps(TINY_SET))
+    root, results = tmp_path / "runs", tmp_path / "results"
+    argv = ["--set-file", str(set_file), "--root", str(root), "--results", str(results)]
+
+    assert claims.main(argv) == 0
+    first = capsys.readouterr().out
+    assert "ep: done (exit status 0)" in first and "bptt: done (exit status 0)" in first
+
+    report = json.loads((results / "claims.json").read_text())
+    runs = {r["name"]: r for r in report["runs"]}
+    assert set(runs) == {"ep", "bptt"}
+    assert report["groups"] == {"budget": ["ep", "bptt"], "demo": ["ep"]}
+    for run in runs.values():
+        assert REQUIRED.issubset(run)
+        assert run["status"] == "done" and run["epochs"] == 1
+        assert 0 <= run["test_error"] <= 1 and 0 <= run["final_train_error"] <= 1
+        assert run["wall_seconds"] > 0
+        curves = run["curves"]
+        assert curves["epoch"] == [1]
+        assert all(len(curves[k]) == 1 for k in ("train_error", "val_error", "test_error"))
+    assert runs["ep"]["steps_per_example"] == 6 + 2 * 2  # T1 + 2 phases x T2
+    assert runs["bptt"]["steps_per_example"] == 6
+    probes = runs["ep"]["gradient_quality"]
+    assert probes["epoch"] == [1] and probes["gdu_sym_final_error"][0] > 0
+    assert runs["bptt"]["gradient_quality"] is None
+    for name in ("claims_budget", "claims_budget_cost", "claims_demo", "claims_gradients"):
+        assert (results / f"{name}.png").stat().st_size > 0
+
+    metrics = root / "ep" / "metrics.jsonl"
+    before = metrics.stat().st_mtime_ns
+    assert claims.main(argv) == 0
+    second = capsys.readouterr().out
+    assert "ep: done, skipped" in second and "bptt: done, skipped" in second
+    assert "starting" not in second and "resuming" not in second
+    assert metrics.stat().st_mtime_ns == before
+    assert json.loads((results / "claims.json").read_text())["runs"][0]["status"] == "done"
+
+
+def test_builtin_set_is_valid_and_dry_run_prints_its_commands(tmp_path, monkeypatch, capsys):
+    monkeypatch.syspath_prepend(str(BENCHMARKS))
+    import claims
+    from claims_report import steps_per_example
+
+    from eqprop.train.config import load_config
+
+    root = tmp_path / "runs"
+    assert claims.main(["--dry-run", "--root", str(root), "--nice", "0"]) == 0
+    out = capsys.readouterr().out
+    assert out.count(" -m eqprop train ") == len(claims.EXPERIMENTS)
+    assert not root.exists()  # a dry run writes nothing
+    steps = {
+        e.name: steps_per_example(load_config(e.preset, e.overrides)) for e in claims.EXPERIMENTS
+    }
+    assert steps["budget-t60-15-sync"] == 60 + 2 * 15
+    assert steps["cifar-ce-symmetric"] == 12 + 2 * 4
+    assert steps["cifar-mse-one-sided"] == 12 + 4
+    assert steps["cifar-mse-bptt"] == 12
+    assert steps["budget-t4-1"] == 4 + 2 * 1
+    assert {g for e in claims.EXPERIMENTS for g in e.groups} == {"cifar", "budget", "small"}
