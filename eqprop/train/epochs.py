@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
+from torch import Tensor
 
 from eqprop.analysis.gdu import check_gdu
 from eqprop.core import ChainNetwork
 from eqprop.core.asymmetric import AsymmetricNetwork
 from eqprop.core.graph import GraphNetwork
 from eqprop.dynamics import Solver
+from eqprop.estimators import make_estimator
 from eqprop.train.loader import EpochLoader
 from eqprop.train.schema import ExperimentConfig
 
@@ -95,4 +98,42 @@ def gdu_summary(
         for key in ("rmse", "final_error")
     }
     out["gdu_layer_ratio_mean"] = sum(ratios) / len(ratios) if ratios else None
+    if cfg.estimator.kind != "bptt":
+        out.update(gradient_agreement(net, x[:n], y[:n], cfg, solver))
+    return out
+
+
+def _layer_grads(net: ChainNetwork) -> list[Tensor]:
+    """Each weight layer's gradient as one flat vector (weights and biases together)."""
+    return [
+        torch.cat([p.grad.flatten() for p in layer.parameters() if p.grad is not None])
+        for layer in net.weight_layers()
+    ]
+
+
+def gradient_agreement(
+    net: ChainNetwork, x: Tensor, y: Tensor, cfg: ExperimentConfig, solver: Solver
+) -> dict[str, float]:
+    """The run's gradient estimate against truncated BPTT with the same budgets, on one batch:
+    per weight layer n, ``gdu_cos_layer{n}`` (cosine) and ``gdu_relerr_layer{n}`` (‖g − g_BPTT‖
+    / ‖g_BPTT‖), and ``gdu_cos_all`` over every weight. Both run on copies of the network, with
+    their own random draws, no warm start and no clipping: the run itself is left untouched."""
+    e, d = cfg.estimator, cfg.dynamics
+    grads = []
+    for kind in (e.kind, "bptt"):
+        twin = copy.deepcopy(net)
+        twin.zero_grad(set_to_none=True)
+        est = make_estimator(
+            kind, beta=e.beta, free_steps=d.free_steps, nudged_steps=d.nudged_steps,
+            solver=solver, batch_phases=d.batch_phases, seed=cfg.seed, points=e.points,
+            guard=e.guard, jacobian_reg=e.jacobian_reg, jacobian_probes=e.jacobian_probes,
+        )  # fmt: skip
+        est.estimate(twin, x, y)
+        grads.append(_layer_grads(twin))
+    out: dict[str, float] = {}
+    for n, (g, ref) in enumerate(zip(*grads, strict=True)):
+        out[f"gdu_cos_layer{n}"] = float(torch.nn.functional.cosine_similarity(g, ref, 0))
+        out[f"gdu_relerr_layer{n}"] = float((g - ref).norm() / ref.norm().clamp_min(1e-30))
+    g, ref = (torch.cat(v) for v in grads)
+    out["gdu_cos_all"] = float(torch.nn.functional.cosine_similarity(g, ref, 0))
     return out

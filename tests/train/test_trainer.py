@@ -144,6 +144,9 @@ def test_gdu_check_during_training_is_logged(tmp_path):
     first, second = records(tmp_path)
     assert "gdu_sym_rmse" not in first
     assert second["gdu_sym_rmse"] is not None and second["gdu_layer_ratio_mean"] is not None
+    # The run's symmetric-EP gradient against BPTT's, per weight layer (hidden, readout).
+    assert {"gdu_cos_layer0", "gdu_cos_layer1", "gdu_relerr_layer1"} <= second.keys()
+    assert 0.9 < second["gdu_cos_all"] <= 1.0 and second["gdu_relerr_layer0"] < 0.5
 
 
 def test_holomorphic_guard_counts_are_logged_per_epoch(tmp_path):
