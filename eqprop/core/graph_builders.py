@@ -82,7 +82,9 @@ def residual_graph(
     """The Hopfield-ResNet graph (spec §1) with node biases and init gains (conv, skip, dense).
 
     Node biases get U(±0.5/√fan_in) with fan_in that of the 3×3 conv into the node (the last
-    block's for the output node, as the reference code does).
+    block's for the output node, as the reference code does). With ``output="ce"`` there is no
+    output node: the last block's state is the target of a readout outside the energy, as in
+    the chain networks (the dense gain is then unused).
     """
     c, h, w = (int(d) for d in input_shape)
     gain_conv, gain_skip, gain_dense = gains
@@ -98,6 +100,8 @@ def residual_graph(
         edges.append(EdgeSpec(mid, out, "conv", 3, 2, 1, gain=gain_conv))
         edges.append(EdgeSpec(src, out, "conv", 1, 2, 0, gain=gain_skip))
         src, fan, h, w = out, width, h2, w2
+    if output == "ce":
+        return GraphSpec(tuple(nodes), tuple(edges), output)
     last = 0.5 / math.sqrt(9 * widths[-1])
     head = f"s{2 * len(widths) + 1}"
     nodes.append(NodeSpec(head, (num_classes,), "identity", True, last))
@@ -165,17 +169,14 @@ class GraphSettings:
         check_feedback(self.feedback, self.update_rule, self.feedback_init)
         if (self.residual is None) == (not self.nodes and not self.edges):
             raise SettingError("graph: expected either nodes and edges or residual, not both")
-        if self.residual is not None and self.output == "ce":
-            raise invalid(self.output, "mse or node_ce (the residual head is an output node)",
-                          "output")  # fmt: skip
 
     @property
     def n_layers(self) -> int:
         """Weight layers of the network (edges, node biases, the readout), for per-layer
         learning rates and weight decay."""
         if self.residual is not None:
-            k = len(self.residual.widths)
-            return 3 * k + 1 + 2 * k + 1
+            k = len(self.residual.widths)  # 3 edges and 2 node biases per block, then the head
+            return 3 * k + 2 * k + (1 if self.output == "ce" else 2)
         biases = sum(node.bias for node in self.nodes)
         return len(self.edges) + biases + (self.output == "ce")
 

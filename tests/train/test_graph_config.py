@@ -55,13 +55,20 @@ def test_an_edge_between_incompatible_shapes_is_one_line_naming_both_states():
         ({**GRAPH, "edges": [{"src": "x", "dst": "z"}]}, {}, "model.graph.edges[0]: 'z'"),
         ({**GRAPH, "nodes": [{"name": "h", "shape": [4, 4]}]}, {}, "h.shape"),
         ({**GRAPH, "residual": {"widths": [4]}}, {}, "either nodes and edges or residual"),
-        ({"residual": {"widths": [4]}, "output": "ce"}, {}, "output"),
+        ({"residual": {"widths": [4]}, "output": "softmax"}, {}, "output"),
         ({"residual": {"activation": "relu7"}}, {}, "activation"),
     ],
 )
 def test_bad_graphs_are_refused_naming_the_field(graph, model, message):
     with pytest.raises((ConfigError, SettingError), match=re.escape(message)):
         build_network(config(graph, **model), (1, 8, 8), 10)
+
+
+def test_a_residual_graph_with_a_readout_has_no_output_node():
+    net = build_network(config({"residual": {"widths": [4, 6]}, "output": "ce"}), (1, 8, 8), 10)
+    assert net.node_names == ["s1", "s2", "s3", "s4"] and net.target_layer == 3
+    assert net.readout is not None and net.readout.in_features == 6 * 2 * 2
+    assert net.n_layers == len(net.weight_layers()) == 3 * 2 + 2 * 2 + 1
 
 
 def test_graph_kind_and_graph_section_go_together():
