@@ -104,20 +104,22 @@ def gdu_summary(
 
 
 def _layer_grads(net: ChainNetwork) -> list[Tensor]:
-    """Each weight layer's gradient as one flat vector (weights and biases together)."""
-    return [
-        torch.cat([p.grad.flatten() for p in layer.parameters() if p.grad is not None])
-        for layer in net.weight_layers()
-    ]
+    """Each weight layer's gradient as one flat vector (weights and biases together); a
+    parameter without one counts as zero (truncated BPTT over a single even/odd sweep does not
+    reach the first layers)."""
+    grads = [[torch.zeros_like(p) if p.grad is None else p.grad for p in layer.parameters()]
+             for layer in net.weight_layers()]  # fmt: skip
+    return [torch.cat([g.flatten() for g in layer]) for layer in grads]
 
 
 def gradient_agreement(
     net: ChainNetwork, x: Tensor, y: Tensor, cfg: ExperimentConfig, solver: Solver
-) -> dict[str, float]:
+) -> dict[str, float | None]:
     """The run's gradient estimate against truncated BPTT with the same budgets, on one batch:
     per weight layer n, ``gdu_cos_layer{n}`` (cosine) and ``gdu_relerr_layer{n}`` (‖g − g_BPTT‖
     / ‖g_BPTT‖), and ``gdu_cos_all`` over every weight. Both run on copies of the network, with
-    their own random draws, no warm start and no clipping: the run itself is left untouched."""
+    their own random draws, no warm start and no clipping: the run itself is left untouched.
+    A layer BPTT's truncated unroll does not reach has no reference: None for both."""
     e, d = cfg.estimator, cfg.dynamics
     grads = []
     for kind in (e.kind, "bptt"):
@@ -130,10 +132,12 @@ def gradient_agreement(
         )  # fmt: skip
         est.estimate(twin, x, y)
         grads.append(_layer_grads(twin))
-    out: dict[str, float] = {}
+    out: dict[str, float | None] = {}
     for n, (g, ref) in enumerate(zip(*grads, strict=True)):
-        out[f"gdu_cos_layer{n}"] = float(torch.nn.functional.cosine_similarity(g, ref, 0))
-        out[f"gdu_relerr_layer{n}"] = float((g - ref).norm() / ref.norm().clamp_min(1e-30))
+        norm = float(ref.norm())
+        cos = float(torch.nn.functional.cosine_similarity(g, ref, 0))
+        out[f"gdu_cos_layer{n}"] = cos if norm > 0 else None
+        out[f"gdu_relerr_layer{n}"] = float((g - ref).norm()) / norm if norm > 0 else None
     g, ref = (torch.cat(v) for v in grads)
     out["gdu_cos_all"] = float(torch.nn.functional.cosine_similarity(g, ref, 0))
     return out

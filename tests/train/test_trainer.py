@@ -9,8 +9,10 @@ import pytest
 import torch
 from tinyruns import signal_at_batch
 
+from eqprop.train.builders import build_network
 from eqprop.train.checkpoint import load_checkpoint
 from eqprop.train.config import ConfigError, load_config
+from eqprop.train.epochs import gradient_agreement
 from eqprop.train.trainer import Trainer, TrainingError
 
 TIMING_KEYS = {"seconds", "train_seconds", "eval_seconds"}
@@ -147,6 +149,19 @@ def test_gdu_check_during_training_is_logged(tmp_path):
     # The run's symmetric-EP gradient against BPTT's, per weight layer (hidden, readout).
     assert {"gdu_cos_layer0", "gdu_cos_layer1", "gdu_relerr_layer1"} <= second.keys()
     assert 0.9 < second["gdu_cos_all"] <= 1.0 and second["gdu_relerr_layer0"] < 0.5
+
+
+def test_gradient_agreement_has_no_reference_where_truncated_bptt_does_not_reach():
+    """One even/odd nudged step: BPTT through it reaches only the top layers (no crash)."""
+    cfg = load_config(
+        "cifar10-conv-small-fast", ["dynamics.free_steps=4", "dynamics.nudged_steps=1"]
+    )
+    net = build_network(cfg, (3, 32, 32), 10)
+    x, y = torch.rand(2, 3, 32, 32), torch.randint(0, 10, (2,))
+    out = gradient_agreement(net, x, y, cfg, cfg.dynamics.solver)
+    assert out["gdu_cos_layer0"] is None and out["gdu_relerr_layer0"] is None
+    assert out["gdu_cos_layer3"] is not None and out["gdu_cos_layer3"] > 0.9  # the readout
+    assert out["gdu_cos_all"] is not None
 
 
 def test_holomorphic_guard_counts_are_logged_per_epoch(tmp_path):
