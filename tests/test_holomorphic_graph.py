@@ -15,7 +15,7 @@ from eqprop.core.chain import WeightGrads
 from eqprop.core.graph import GraphNetwork
 from eqprop.core.graph_builders import residual_graph
 from eqprop.core.graph_spec import NODE_ACTIVATIONS, EdgeSpec, GraphSpec, NodeSpec
-from eqprop.core.holomorphic import check_holomorphic, complex_form, to_planar
+from eqprop.core.holomorphic import check_holomorphic, to_planar
 from eqprop.core.planar import Rows, complex_identity_
 from eqprop.core.planar_graph import PlanarGraphNetwork, planar_view
 from eqprop.core.validation import SettingError
@@ -234,8 +234,8 @@ def test_non_holomorphic_graph_pieces_are_refused_by_config_path():
         HolomorphicEP(0.3, 5, 3, points=3, online=True).estimate(custom(pool="m"), x, y)
     assert "\n" not in str(err.value)
     check_holomorphic(residual())  # mysig hidden nodes, an identity output node
-    assert complex_form(NODE_ACTIVATIONS["identity"]) is complex_identity_
-    assert complex_form(NODE_ACTIVATIONS["relu6"]) is None
+    assert NODE_ACTIVATIONS["identity"].complex_fn_ is complex_identity_
+    assert NODE_ACTIVATIONS["relu6"].complex_fn_ is None
 
 
 def test_generalized_holomorphic_ep_refuses_graphs_in_one_line():

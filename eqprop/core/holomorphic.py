@@ -35,7 +35,7 @@ from torch import Tensor, nn
 
 from eqprop.core.activations import Activation
 from eqprop.core.chain import ChainNetwork, Interactions, State, WeightGrads
-from eqprop.core.holomorphic_check import check_holomorphic, complex_form
+from eqprop.core.holomorphic_check import check_holomorphic
 from eqprop.core.interactions import ConvInteraction, DenseInteraction, Interaction
 from eqprop.core.kernels import conv_param_grads, fast_layout
 from eqprop.core.planar import (
@@ -51,7 +51,6 @@ from eqprop.core.validation import SettingError
 __all__ = [
     "PlanarNetwork",
     "check_holomorphic",
-    "complex_form",
     "from_planar",
     "planar_activation",
     "planar_activation_",
@@ -100,9 +99,9 @@ def planar_activation(t: Tensor, act: Activation, rows: Rows) -> Tensor:
 
 
 def planar_activation_of(act: Activation, rows: Rows, compile: bool = False) -> Activation:
-    """``act`` on planar batches laid out as ``rows`` (its complex form :func:`complex_form`,
+    """``act`` on planar batches laid out as ``rows`` (its complex form ``complex_fn_``,
     through :func:`compiled` when ``compile``)."""
-    fn = complex_form(act)
+    fn = act.complex_fn_
     if compile and fn is not None and fn is not complex_identity_:
         fn = compiled(fn)
     act = dataclasses.replace(act, complex_fn_=fn)

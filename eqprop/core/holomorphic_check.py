@@ -9,23 +9,13 @@ piece as a config path: ``model.activation`` and ``model.conv[i].pool`` on chain
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
-from torch import Tensor
-
-from eqprop.core.activations import Activation
 from eqprop.core.chain import ChainNetwork
 from eqprop.core.graph import GraphNetwork
 from eqprop.core.graph_spec import NODE_ACTIVATIONS
 from eqprop.core.interactions import ConvInteraction
 from eqprop.core.validation import SettingError
 
-__all__ = ["check_holomorphic", "complex_form"]
-
-
-def complex_form(act: Activation) -> Callable[[Tensor, Tensor], None] | None:
-    """The planar complex form of ``act`` (in place on re, im), None when it is not holomorphic."""
-    return act.complex_fn_
+__all__ = ["check_holomorphic"]
 
 
 _MAX_POOL = "'m' (max pool) is not holomorphic, so complex nudging ({}) cannot use it; " \
@@ -34,10 +24,10 @@ _MAX_POOL = "'m' (max pool) is not holomorphic, so complex nudging ({}) cannot u
 
 def _check_graph(net: GraphNetwork, why: str) -> None:
     """:func:`check_holomorphic` for an energy graph: each node's activation, each edge's pool."""
-    names = [name for name, a in NODE_ACTIVATIONS.items() if complex_form(a) is not None]
+    names = [name for name, a in NODE_ACTIVATIONS.items() if a.complex_fn_ is not None]
     accepted = f"{', '.join(names[:-1])} or {names[-1]}"
     for i, (node, act) in enumerate(zip(net.graph.nodes, net.node_activations, strict=True)):
-        if complex_form(act) is None:
+        if act.complex_fn_ is None:
             raise SettingError(
                 f"node {node.name}: {act.name!r} is not holomorphic (a clamp has kinks), so "
                 f"complex nudging ({why}) cannot use it; use {accepted} (dsilu: a smooth clamp)",
