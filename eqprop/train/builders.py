@@ -149,7 +149,8 @@ def make_splits(
         return EpochLoader(
             x, y, batch_size=cfg.train.batch_size if train else eval_bs, device=device,
             dtype=dtype, normalizer=norm, shuffle=train, augment=train and cfg.data.augment,
-            seed=cfg.seed, randaugment=cfg.data.randaugment,
+            seed=cfg.seed, pad=cfg.data.augment_pad, hflip=cfg.data.augment_flip,
+            randaugment=cfg.data.randaugment,
             magnitude=cfg.data.randaugment_magnitude,
         )  # fmt: skip
 

@@ -63,7 +63,11 @@ class DataConfig(Section):
             the dataset's default (:data:`~eqprop.train.datasets.DATASETS`; npz: a tenth of
             the training set); 0 means no split.
         augment: random horizontal flip and random crop with 4 pixels of edge padding (the
-            paper's CIFAR recipe).
+            paper's CIFAR recipe); ``augment_pad`` and ``augment_flip`` change it.
+        augment_pad: with ``augment``, the crop's edge padding in pixels (random shifts of up
+            to this many pixels; 2 suits 28x28 digits).
+        augment_flip: with ``augment``, include the random horizontal flip (off for digits,
+            whose mirror images are not digits).
         normalize: ``standard`` (per-channel mean/std), ``paper`` (CIFAR: three times the usual
             std, spec §6), ``wide`` (1.5 times the usual std, holomorphic EP's recipe) or
             ``none``.
@@ -79,6 +83,8 @@ class DataConfig(Section):
     root: str | None = None
     val_size: int | None = field(default=None, metadata=INT_GE0)
     augment: bool = False
+    augment_pad: int = field(default=4, metadata=INT_GE0)
+    augment_flip: bool = True
     normalize: str = field(default="standard", metadata={"choices": NORMALIZATIONS})
     download: bool = False
     train_size: int | None = field(default=None, metadata=INT_GE1)

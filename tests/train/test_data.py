@@ -540,3 +540,17 @@ def test_loader_cuda_matches_cpu() -> None:
     for (xc, yc), (xg, yg) in zip(_batches(cpu, 3), _batches(gpu, 3), strict=True):
         assert xg.is_cuda and yg.is_cuda
         assert torch.equal(yc, yg.cpu()) and torch.allclose(xc, xg.cpu(), atol=1e-6, rtol=0)
+
+
+def test_augment_pad_and_flip_reach_the_training_loader() -> None:
+    from eqprop.train.builders import make_splits
+    from eqprop.train.config import ConfigError, load_config
+
+    data = load_dataset("digits")
+    overrides = ["data.augment=true", "data.augment_pad=2", "data.augment_flip=false"]
+    cfg = load_config("digits-quickstart", overrides)
+    splits = make_splits(cfg, data, torch.device("cpu"), torch.float32)
+    assert (splits.train.augment, splits.train.pad, splits.train.hflip) == (True, 2, False)
+    assert not splits.test.augment  # evaluation is never augmented
+    with pytest.raises(ConfigError, match=r"^data.augment_pad: -1 is not valid"):
+        load_config("digits-quickstart", ["data.augment_pad=-1"])
