@@ -18,7 +18,9 @@ from eqprop.core import ACTIVATIONS
 from eqprop.core.holomorphic import PlanarNetwork, check_holomorphic, planar_states, to_planar
 from eqprop.core.planar import (
     COMPLEX_ACTIVATIONS,
+    PlanarScale,
     Rows,
+    planar_scale_,
     planar_softmax_,
     planar_softmax_pool,
     planar_softmax_unpool,
@@ -210,6 +212,41 @@ def test_complex_nudge_equals_conjugated_autograd_of_the_complex_loss(output):
     rg = real_last.clone().requires_grad_()
     (want,) = torch.autograd.grad(reference_loss(net, [rg], y[:1]).sum(), rg)
     assert float((got[:1] - (-0.7 * want)).abs().max()) <= 1e-14
+
+
+@pytest.mark.parametrize("rows", [Rows(real=2, complex=3), Rows(complex=2), Rows(real=3)])
+@pytest.mark.parametrize("shape", [(4,), (2, 3, 3)])
+def test_precomputed_planar_scale_equals_the_complex_product(rows, shape):
+    """PlanarScale (three operations per call) against planar_scale_, and its sign."""
+    g = gen(5)
+    coef = torch.randn(rows.total, 1, generator=g, dtype=DT)
+    t = torch.randn(rows.total, *shape, generator=g, dtype=DT)
+    before = t.clone()
+    got = PlanarScale(coef, rows, sign=-1.0)(t)
+    assert torch.equal(t, before)  # a fresh result; t untouched
+    want = planar_scale_(t.clone(), coef, rows).neg_()
+    assert float((got - want).abs().max()) <= 1e-15
+
+
+def test_the_nudge_follows_beta_and_targets_changed_between_steps():
+    """The view computes the planar target and −β once per relaxation; a new β (or the same
+    tensor changed in place) is picked up at the next call."""
+    net, rows = _net("mse"), Rows(real=1, complex=2)
+    view = PlanarNetwork(net, rows)
+    state = [torch.rand(rows.total, 3, generator=gen(3), dtype=DT)]
+    onehot = F.one_hot(torch.tensor([2, 0, 1, 0, 1]), 3).to(DT)
+    beta = torch.tensor([[0.7], [0.3], [-0.2], [0.4], [0.5]], dtype=DT)
+
+    def fresh(b: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return PlanarNetwork(net, rows).nudge_drive(state, y, b)
+
+    with torch.no_grad():
+        assert torch.equal(view.nudge_drive(state, onehot, beta), fresh(beta, onehot))
+        beta.mul_(2.0)  # in place: the same object, a new version
+        assert torch.equal(view.nudge_drive(state, onehot, beta), fresh(beta, onehot))
+        onehot = onehot.flip(0)
+        assert torch.equal(view.nudge_drive(state, onehot, beta), fresh(beta, onehot))
+        assert torch.equal(view.nudge_drive(state, onehot, 0.5), fresh(0.5 + 0 * beta, onehot))
 
 
 def test_complex_step_derivative_of_the_cross_entropy_nudge():

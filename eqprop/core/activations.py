@@ -18,6 +18,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from eqprop.core.kernels import scalar
 from eqprop.core.planar import COMPLEX_ACTIVATIONS
 from eqprop.core.validation import check_choice
 
@@ -80,7 +81,7 @@ def _mysig(x: Tensor) -> Tensor:
 
 
 def _mysig_(x: Tensor) -> Tensor:
-    return x.mul_(4.0).sub_(2.0).sigmoid_()
+    return x.mul_(scalar(4.0, x)).sub_(scalar(2.0, x)).sigmoid_()
 
 
 def _sigmoid_(x: Tensor) -> Tensor:

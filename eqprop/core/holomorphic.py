@@ -39,6 +39,7 @@ from eqprop.core.holomorphic_check import check_holomorphic
 from eqprop.core.interactions import ConvInteraction, DenseInteraction, Interaction
 from eqprop.core.kernels import conv_param_grads, fast_layout
 from eqprop.core.planar import (
+    PlanarScale,
     Rows,
     complex_identity_,
     planar_scale_,
@@ -114,6 +115,11 @@ def planar_activation_of(act: Activation, rows: Rows, compile: bool = False) -> 
     )
 
 
+def _same(a: object, b: object) -> bool:
+    """The same tensor object, or equal plain values (a cache key's parts)."""
+    return a is b if isinstance(a, Tensor) or isinstance(b, Tensor) else a == b
+
+
 class _PlanarInteraction(Interaction):
     """An interaction on planar batches, wrapping a real one (parameters shared)."""
 
@@ -137,7 +143,7 @@ class _PlanarInteraction(Interaction):
         (b + ε − b)."""
         bias = self._bias()
         if bias is not None:
-            drive[: self.rows.with_bias] += bias
+            drive[: self.rows.with_bias].add_(bias)  # in place; no copy back
         return drive
 
     def _with_bias_grad(self, g_w: Tensor, u: Tensor, dims: tuple[int, ...]) -> list[Tensor]:
@@ -260,36 +266,55 @@ class PlanarNetwork(ChainNetwork):
                 layers.append(PlanarDense(cast(DenseInteraction, layer), rows))
         self.interactions = Interactions(layers)
         self.readout = net.readout
+        self._nudge_cache: tuple[tuple[Any, ...], Tensor, PlanarScale] | None = None
 
     def _probabilities(self, last: Tensor) -> Tensor:
         """Planar softmax of the readout's logits at the planar last state, (rows, K)."""
         assert self.readout is not None
         logits = F.linear(last.flatten(1), self.readout.weight)
-        logits[: self.rows.with_bias] += self.readout.bias
+        logits[: self.rows.with_bias].add_(self.readout.bias)
         return planar_softmax_(logits, self.rows)
 
     def _output(self, state: Sequence[Tensor]) -> Tensor:
         """The output state inside the energy (no readout): a chain's last layer."""
         return state[-1]
 
-    def _error(self, state: Sequence[Tensor], onehot: Tensor) -> Tensor:
-        """∂L/∂(output or logits) on the planar batch: s − y (mse), softmax(s) − y (a graph's
-        node_ce) or softmax(z) − y (ce), y real."""
+    def _error(self, state: Sequence[Tensor], target: Tensor) -> Tensor:
+        """∂L/∂(output or logits) on the planar batch, a fresh tensor: s − y (mse),
+        softmax(s) − y (a graph's node_ce) or softmax(z) − y (ce); ``target``: y on the real
+        rows and real parts, 0 on the imaginary parts (:meth:`_nudge_terms`)."""
         if self.readout is not None:
-            err = self._probabilities(state[self.target_layer])
-        elif self.output == "node_ce":
-            err = planar_softmax_(self._output(state).clone(), self.rows)
-        else:
-            err = self._output(state).clone()
-        err[: self.rows.with_bias] -= onehot[: self.rows.with_bias]
-        return err
+            return self._probabilities(state[self.target_layer]).sub_(target)
+        if self.output == "node_ce":
+            return planar_softmax_(self._output(state).clone(), self.rows).sub_(target)
+        return torch.sub(self._output(state), target)
+
+    def _target(self, onehot: Tensor) -> Tensor:
+        """The planar target of :meth:`_error`: ``onehot`` with its imaginary rows zeroed."""
+        target = onehot.clone()
+        self.rows.imag(target).zero_()
+        return target
+
+    def _nudge_terms(self, y: Tensor, beta: Tensor | float) -> tuple[Tensor, PlanarScale]:
+        """The planar target and the scale by −β of :meth:`nudge_drive`, computed once per
+        relaxation: the solver passes the same ``y`` and ``beta`` at every step."""
+        key = (y, y._version, beta, beta._version if isinstance(beta, Tensor) else None)
+        cached = self._nudge_cache
+        if cached is not None and all(map(_same, cached[0], key)):
+            return cached[1], cached[2]
+        if not isinstance(beta, Tensor):
+            beta = y.new_full((y.shape[0],), float(beta))
+        target = self._target(y)
+        scale = PlanarScale(beta, self.rows, sign=-1.0)
+        self._nudge_cache = (key, target, scale)
+        return target, scale
 
     def nudge_drive(self, state: Sequence[Tensor], y: Tensor, beta: Tensor | float) -> Tensor:
         """−β ∂L/∂s of the target layer for a planar per-row β (``beta``: (rows, 1), β on the
-        real rows, Re β and Im β on the parts); ``y``: one-hot targets (rows, K)."""
-        if not isinstance(beta, Tensor):
-            beta = y.new_full((y.shape[0],), float(beta))
-        err = planar_scale_(self._error(state, y), beta.reshape(-1), self.rows).neg_()
+        real rows, Re β and Im β on the parts); ``y``: one-hot targets (rows, K), whose
+        imaginary-part rows are not read."""
+        target, scale = self._nudge_terms(y, beta)
+        err = scale(self._error(state, target))
         if self.readout is None:
             return err
         last = state[self.target_layer]
@@ -329,7 +354,7 @@ class PlanarNetwork(ChainNetwork):
             return []
         last = state[self.target_layer].detach().flatten(1)
         with torch.no_grad():
-            err = self._error(state, onehot).mul_(weight.view(-1, 1))
+            err = self._error(state, self._target(onehot)).mul_(weight.view(-1, 1))
             self.rows.imag(err).neg_()
             params = [cast(nn.Parameter, self.readout.weight), self.readout.bias]
             grads = [torch.mm(err.t(), last), err[: self.rows.with_bias].sum(0)]

@@ -1,4 +1,4 @@
-"""Tensor kernels of the closed forms: memory layout and the two ATen calls they need.
+"""Tensor kernels of the closed forms: memory layout, constants, and two ATen calls.
 
 PyTorch exposes no public function for either computation below; the ATen operators behind
 autograd compute exactly them, without building a graph. Each is wrapped here under a name that
@@ -14,7 +14,26 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-__all__ = ["conv_param_grads", "fast_layout", "max_pool_scatter"]
+__all__ = ["conv_param_grads", "fast_layout", "max_pool_scatter", "scalar"]
+
+_SCALARS: dict[tuple[float, torch.dtype], Tensor] = {}
+
+
+def scalar(value: float, like: Tensor) -> Tensor | float:
+    """``value`` as a cached 0-d CPU tensor of ``like``'s dtype, for elementwise operations.
+
+    An operation with a Python number wraps it in a fresh tensor first: on small CPU tensors
+    that costs as much as the arithmetic (measured 5.6 µs against 3.2 µs for a 50×512 ``mul_``).
+    A 0-d CPU tensor combines with tensors on any device like a number. Under ``torch.compile``
+    the number itself is returned (the compiler folds it).
+    """
+    if torch.compiler.is_compiling():
+        return value
+    key = (value, like.dtype)
+    out = _SCALARS.get(key)
+    if out is None:
+        out = _SCALARS[key] = torch.tensor(value, dtype=like.dtype)
+    return out
 
 
 def fast_layout(t: Tensor) -> Tensor:

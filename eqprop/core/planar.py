@@ -40,10 +40,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from eqprop.core.kernels import fast_layout
+from eqprop.core.kernels import fast_layout, scalar
 
 __all__ = [
     "COMPLEX_ACTIVATIONS",
+    "PlanarScale",
     "Rows",
     "complex_dsilu_",
     "complex_identity_",
@@ -120,6 +121,40 @@ def planar_scale_(t: Tensor, coef: Tensor, rows: Rows) -> Tensor:
     return t
 
 
+class PlanarScale:
+    """``t ↦ c·t`` row by row for a fixed planar coefficient ``c``, precomputed.
+
+    :func:`planar_scale_` costs some ten small operations per call. A relaxation scales its
+    nudge by the same β at every step, so this keeps two factor columns and the row order that
+    swaps each complex example's two parts: c·t = a ⊙ t + b ⊙ swap(t), with a = (c, Re c, Re c)
+    and b = (0, −Im c, Im c) on (real rows, real parts, imaginary parts): three operations.
+
+    Args:
+        coef: (rows.total,) or (rows.total, 1), as for :func:`planar_scale_`.
+        rows: the layout.
+        sign: a real factor folded into c (−1 for a nudge −β·e).
+    """
+
+    def __init__(self, coef: Tensor, rows: Rows, sign: float = 1.0) -> None:
+        real, re, im = rows.split(coef.reshape(-1) * sign)
+        self.a = torch.cat([real, re, re])
+        self.b = torch.cat([torch.zeros_like(real), -im, im]) if rows.complex else None
+        r, m = rows.real, rows.complex
+        idx = torch.arange(rows.total, device=coef.device)
+        self.swap = torch.cat([idx[:r], idx[r + m :], idx[r : r + m]])
+        self._columns: dict[int, tuple[Tensor, Tensor | None]] = {}
+
+    def __call__(self, t: Tensor) -> Tensor:
+        """c·t as a fresh tensor (``t`` is left as it is)."""
+        cols = self._columns.get(t.dim())
+        if cols is None:
+            b = None if self.b is None else _column(self.b, t)
+            cols = self._columns[t.dim()] = (_column(self.a, t), b)
+        a, b = cols
+        out = torch.mul(t, a)
+        return out if b is None else out.addcmul_(t.index_select(0, self.swap), b)
+
+
 # ----------------------------------------------------------------- activations
 
 
@@ -131,7 +166,7 @@ def _sigmoid_of(u: Tensor, cos_y: Tensor, sin_y: Tensor) -> tuple[Tensor, Tensor
     """
     v = torch.addcmul(u, u, u, value=-1.0)
     d = torch.addcmul(v, v, cos_y, value=-1.0)
-    inv = torch.rsub(d, 1.0, alpha=2.0).reciprocal_()
+    inv = torch.add(scalar(1.0, d), d, alpha=-2.0).reciprocal_()
     re = u.sub_(d).mul_(inv)
     im = v.mul_(sin_y).mul_(inv)
     return re, im
@@ -148,25 +183,27 @@ def complex_sigmoid_(re: Tensor, im: Tensor) -> None:
     u = torch.sigmoid(re)
     v = torch.addcmul(u, u, u, value=-1.0)
     torch.addcmul(v, v, d, value=-1.0, out=d)  # v(1 − cos y), in [0, 1/2]
-    inv = torch.rsub(d, 1.0, alpha=2.0).reciprocal_()  # 1/(1 − 2d)
+    inv = torch.add(scalar(1.0, d), d, alpha=-2.0).reciprocal_()  # 1/(1 − 2d)
     torch.sub(u, d, out=re).mul_(inv)
     im.mul_(v).mul_(inv)
 
 
 def complex_mysig_(re: Tensor, im: Tensor) -> None:
     """``mysig`` σ(4z − 2) in place."""
-    re.mul_(4.0).sub_(2.0)
-    im.mul_(4.0)
+    four = scalar(4.0, re)
+    re.mul_(four).sub_(scalar(2.0, re))
+    im.mul_(four)
     complex_sigmoid_(re, im)
 
 
 def complex_tanh_(re: Tensor, im: Tensor) -> None:
     """tanh z = 2σ(2z) − 1 in place."""
-    re.mul_(2.0)
-    im.mul_(2.0)
+    two = scalar(2.0, re)
+    re.mul_(two)
+    im.mul_(two)
     complex_sigmoid_(re, im)
-    re.mul_(2.0).sub_(1.0)
-    im.mul_(2.0)
+    re.mul_(two).sub_(scalar(1.0, re))
+    im.mul_(two)
 
 
 def complex_dsilu_(re: Tensor, im: Tensor) -> None:
@@ -176,7 +213,7 @@ def complex_dsilu_(re: Tensor, im: Tensor) -> None:
     """
     cos_y, sin_y = torch.cos(im), torch.sin(im)
     a_re, a_im = _sigmoid_of(torch.sigmoid(re), cos_y, sin_y)
-    b_re, b_im = _sigmoid_of(torch.sub(re, 2.0).sigmoid_(), cos_y, sin_y)
+    b_re, b_im = _sigmoid_of(torch.sub(re, scalar(2.0, re)).sigmoid_(), cos_y, sin_y)
     d_re, d_im = a_re.sub_(b_re), a_im.sub_(b_im)
     half_re = torch.mul(re, d_re).addcmul_(im, d_im, value=-1.0)  # Re(z d)
     d_im.mul_(re).addcmul_(im, d_re)  # Im(z d)

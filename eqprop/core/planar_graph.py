@@ -94,6 +94,7 @@ class PlanarGraphNetwork(PlanarNetwork, GraphNetwork):
         self.interactions = Interactions([_planar_edge(layer, rows) for layer in net.interactions])
         self.biases = net.biases
         self.readout = net.readout
+        self._nudge_cache = None
 
     def _output(self, state: Sequence[Tensor]) -> Tensor:
         return state[self.target_layer]
