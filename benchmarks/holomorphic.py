@@ -2,7 +2,8 @@
 training iteration for N = 2, 4, 6.
 
 Prints one JSON object. Usage:
-``python benchmarks/holomorphic.py [--device cpu] [--reps 5] [--threads 2] [--quick]``.
+``python benchmarks/holomorphic.py [--device cpu] [--reps 5] [--threads 2] [--quick]
+[--steps-only]``.
 
 - ``step``: one synchronous nudged step of B complex examples (a planar batch of 2B rows, the
   real and imaginary parts stacked along the batch, weights real) against one real step of B
@@ -63,6 +64,29 @@ def timed(fn: Callable[[], object], reps: int, warmup: int, device: torch.device
     return {"wall_s": statistics.median(wall), "cpu_s": statistics.median(cpu)}
 
 
+def timed_side_by_side(
+    fns: dict[str, Callable[[], object]], reps: int, warmup: int, device: torch.device
+) -> dict[str, dict]:
+    """:func:`timed` of several functions, their calls interleaved (a, b, a, b, ...), so that
+    a drift of the machine's speed weighs on each alike."""
+    for fn in fns.values():
+        for _ in range(warmup):
+            fn()
+    wall: dict[str, list[float]] = {k: [] for k in fns}
+    cpu: dict[str, list[float]] = {k: [] for k in fns}
+    for _ in range(reps):
+        for k, fn in fns.items():
+            sync(device)
+            w0, c0 = time.perf_counter(), time.process_time()
+            fn()
+            sync(device)
+            wall[k].append(time.perf_counter() - w0)
+            cpu[k].append(time.process_time() - c0)
+    return {
+        k: {"wall_s": statistics.median(wall[k]), "cpu_s": statistics.median(cpu[k])} for k in fns
+    }
+
+
 def hep_vgg5() -> EnergyNetwork:
     """The authors' VGG-5: the paper's CIFAR-10 net with softmax pools (τ = 1) and dsilu."""
     conv = [ConvLayer(c, 3, 1, p, "s") for c, p in ((128, 1), (256, 1), (512, 1), (512, 0))]
@@ -107,8 +131,13 @@ def step_costs(
     def cplx() -> None:
         one_step(view, p_drive, p_state, nudge=complex_nudge)
 
-    t_real = timed(real, reps, 2, device)
-    t_complex = timed(cplx, reps, 2, device)
+    fns: dict[str, Callable[[], object]] = {"real": real, "complex": cplx}
+    if compiled:  # the complex activation through torch.compile (dynamics.compile: true)
+        fast = PlanarNetwork(net, rows, compile=True)
+        fast_nudge = functools.partial(fast.nudge_drive, y=onehot.repeat(2, 1), beta=beta)
+        fns["compiled"] = lambda: one_step(fast, p_drive, p_state, nudge=fast_nudge)
+    t = timed_side_by_side(fns, reps, 3, device)
+    t_real, t_complex = t["real"], t["complex"]
     out = {
         "net": name,
         "batch": batch,
@@ -117,12 +146,9 @@ def step_costs(
         "complex_over_real_wall": t_complex["wall_s"] / t_real["wall_s"],
         "complex_over_real_cpu": t_complex["cpu_s"] / t_real["cpu_s"],
     }
-    if compiled:  # the complex activation through torch.compile (dynamics.compile: true)
-        fast = PlanarNetwork(net, rows, compile=True)
-        fast_nudge = functools.partial(fast.nudge_drive, y=onehot.repeat(2, 1), beta=beta)
-        t_fast = timed(lambda: one_step(fast, p_drive, p_state, nudge=fast_nudge), reps, 3, device)
-        out["complex_step_compiled_activation"] = t_fast
-        out["compiled_complex_over_real_cpu"] = t_fast["cpu_s"] / t_real["cpu_s"]
+    if compiled:
+        out["complex_step_compiled_activation"] = t["compiled"]
+        out["compiled_complex_over_real_cpu"] = t["compiled"]["cpu_s"] / t_real["cpu_s"]
     return out
 
 
@@ -175,6 +201,9 @@ def main() -> None:
     parser.add_argument("--reps", type=int, default=5)
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     parser.add_argument("--quick", action="store_true", help="one batch size per net, 3 reps")
+    parser.add_argument(
+        "--steps-only", action="store_true", help="time the steps, not the N-point iterations"
+    )
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -190,7 +219,7 @@ def main() -> None:
         steps.append(
             step_costs("mnist_mlp_784_512_10_mysig", net, batch, reps * 10, device, compiled=True)
         )
-    iterations = [
+    iterations = [] if args.steps_only else [
         iteration_costs("mnist_mlp_784_512_10_mysig", mnist_mlp_mysig, 50, (30, 10), 0.1,
                         reps * 4, device),
         iteration_costs("fashion_conv_16_32_softmax_pool_dsilu", fashion_conv_hep, 64, (10, 4),
