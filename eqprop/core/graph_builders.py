@@ -78,8 +78,12 @@ def residual_graph(
     activation: str = "relu6",
     output: str = "mse",
     gains: tuple[float, float, float] = (0.6, 0.7, 0.8),
+    stem_stride: int = 1,
 ) -> GraphSpec:
     """The Hopfield-ResNet graph (spec §1) with node biases and init gains (conv, skip, dense).
+
+    ``stem_stride`` 2 makes the first block's mid conv strided (and its skip stride 4): every
+    state at half the resolution, about a quarter of the cost, for small CPU nets.
 
     Node biases get U(±0.5/√fan_in) with fan_in that of the 3×3 conv into the node (the last
     block's for the output node, as the reference code does). With ``output="ce"`` there is no
@@ -93,12 +97,14 @@ def residual_graph(
     src, fan = INPUT, c
     for k, width in enumerate(widths, start=1):
         mid, out = f"s{2 * k - 1}", f"s{2 * k}"
+        stride = stem_stride if k == 1 else 1
+        h, w = (h - 1) // stride + 1, (w - 1) // stride + 1  # 3x3, padding 1
         h2, w2 = (h + 1) // 2, (w + 1) // 2
         nodes.append(NodeSpec(mid, (width, h, w), activation, True, 0.5 / math.sqrt(9 * fan)))
         nodes.append(NodeSpec(out, (width, h2, w2), activation, True, 0.5 / math.sqrt(9 * width)))
-        edges.append(EdgeSpec(src, mid, "conv", 3, 1, 1, gain=gain_conv))
+        edges.append(EdgeSpec(src, mid, "conv", 3, stride, 1, gain=gain_conv))
         edges.append(EdgeSpec(mid, out, "conv", 3, 2, 1, gain=gain_conv))
-        edges.append(EdgeSpec(src, out, "conv", 1, 2, 0, gain=gain_skip))
+        edges.append(EdgeSpec(src, out, "conv", 1, 2 * stride, 0, gain=gain_skip))
         src, fan, h, w = out, width, h2, w2
     if output == "ce":
         return GraphSpec(tuple(nodes), tuple(edges), output)
@@ -117,11 +123,14 @@ class ResidualBlocks:
         widths: channels of each block (``[128, 256, 512, 512]``: HR13).
         activation: the hidden nodes' box, a key of :data:`NODE_ACTIVATIONS`.
         gains: init gains of the 3×3 convs, the 1×1 skips and the dense head.
+        stem_stride: stride of the first block's first conv (1 or 2; 2 halves every state's
+            resolution).
     """
 
     widths: tuple[int, ...] = HR13_WIDTHS
     activation: str = field(default="relu6", metadata={"choices": NODE_ACTIVATIONS})
     gains: tuple[float, float, float] = (0.6, 0.7, 0.8)
+    stem_stride: int = 1
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "widths", tuple(self.widths))
@@ -132,6 +141,9 @@ class ResidualBlocks:
         check_choice(self.activation, NODE_ACTIVATIONS, "activation")
         for g in self.gains:
             check_number(g, "gains")
+        check_int(self.stem_stride, "stem_stride", 1)
+        if self.stem_stride not in (1, 2):
+            raise invalid(self.stem_stride, "1 or 2", "stem_stride")
 
 
 @dataclass(frozen=True)
@@ -189,7 +201,8 @@ class GraphSettings:
             raise SettingError(f"graph.residual: needs an image input (C, H, W), got {input_shape}")
         else:
             spec = residual_graph(
-                input_shape, num_classes, r.widths, r.activation, self.output, r.gains
-            )
+                input_shape, num_classes, r.widths, r.activation, self.output, r.gains,
+                r.stem_stride,
+            )  # fmt: skip
         return dataclasses.replace(spec, feedback=self.feedback, update_rule=self.update_rule,
                                    feedback_init=self.feedback_init)  # fmt: skip

@@ -57,6 +57,7 @@ def test_an_edge_between_incompatible_shapes_is_one_line_naming_both_states():
         ({**GRAPH, "residual": {"widths": [4]}}, {}, "either nodes and edges or residual"),
         ({"residual": {"widths": [4]}, "output": "softmax"}, {}, "output"),
         ({"residual": {"activation": "relu7"}}, {}, "activation"),
+        ({"residual": {"stem_stride": 3}}, {}, "stem_stride: 3 is not valid; expected 1 or 2"),
     ],
 )
 def test_bad_graphs_are_refused_naming_the_field(graph, model, message):
@@ -110,3 +111,10 @@ def test_small_residual_preset_trains_a_batch():
     net = build_network(coloured, (1, 28, 28), 10)
     build_estimator(coloured).estimate(net, x, y)
     assert any(p.grad is None or p.grad.abs().sum() == 0 for p in net.parameters())
+
+
+def test_a_stem_stride_of_2_halves_every_state_and_skips_by_4():
+    net = build_network(config({"residual": {"widths": [4, 6], "stem_stride": 2}}), (1, 28, 28), 10)
+    assert net.state_shapes == [(4, 14, 14), (4, 7, 7), (6, 7, 7), (6, 4, 4), (10,)]
+    skip = net.interactions[2]
+    assert skip.conv.kernel_size == (1, 1) and skip.conv.stride == (4, 4)
