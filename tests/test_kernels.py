@@ -11,7 +11,7 @@ def test_scalar_is_a_cached_0d_tensor_that_combines_like_the_number() -> None:
     x = torch.randn(3, 4, dtype=torch.float64)
     four = scalar(4.0, x)
     assert isinstance(four, torch.Tensor) and four.dim() == 0 and four.dtype == x.dtype
-    assert scalar(4.0, x) is four  # cached per value and dtype
+    assert scalar(4.0, x) is four and four.device == x.device  # cached per value, dtype, device
     assert scalar(4.0, x.float()) is not four
     assert torch.equal(x.clone().mul_(four).sub_(scalar(2.0, x)), x * 4.0 - 2.0)
 
