@@ -336,3 +336,14 @@ def test_networks_with_holomorphic_pieces_pickle_and_copy():
     loaded = torch.load(buf, weights_only=False)
     x = torch.rand(2, 2, 7, 7, dtype=DT)
     assert torch.equal(clone(x), net(x)) and torch.equal(loaded(x), net(x))
+
+
+def test_complex_logistic_keeps_relative_precision_where_units_are_off():
+    """float32, u = ς(x) near 0: the imaginary part u(1 − u)·(…) keeps its relative precision
+    (a form through ¼ − (u − ½)² would lose it as u falls)."""
+    x = torch.linspace(-16.0, 0.0, 33)
+    re, im = x.clone(), torch.full_like(x, 0.3)
+    COMPLEX_ACTIVATIONS["sigmoid"](re, im)
+    want = torch.sigmoid(torch.complex(x.double(), torch.full_like(x, 0.3).double()))
+    assert float(((re.double() - want.real).abs() / want.real.abs()).max()) <= 1e-6
+    assert float(((im.double() - want.imag).abs() / want.imag.abs()).max()) <= 1e-6

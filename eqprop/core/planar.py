@@ -13,9 +13,9 @@ in or out; only a bias must stay off the imaginary rows. The elementwise maps pa
 of each complex example, in real arithmetic:
 
 - σ(x + iy) for the logistic from u = ς(x) and the half-angle tangent t = tan(y/2), with
-  g = u − ½ and q = tg: σ = [u(1 + 2tq) + i t(½ − 2g²)] / (1 + 4q²). With cos y and sin y
-  written in t, this is [(u − d) + i v sin y] / (1 − 2d) for v = u(1 − u), d = v(1 − cos y);
-  one transcendental pass instead of two. ``tanh``, ``mysig`` and ``dsilu`` follow from it.
+  v = u(1 − u), g = u − ½ and q = tg: σ = [u(½ + tq) + i tv] / (½ + 2q²). With cos y and sin y
+  written in t, this is [(u − d) + i v sin y] / (1 − 2d) for d = v(1 − cos y); one
+  transcendental pass instead of two. ``tanh``, ``mysig`` and ``dsilu`` follow from it.
 - softmax pooling over 2×2 windows, P(v)_w = Σ vᵢ e^{vᵢ/τ} / Σ e^{vᵢ/τ}, and its transpose
   (∂P_w/∂vᵢ = pᵢ(1 + (vᵢ − P_w)/τ), p the window softmax), for real and planar batches;
 - the softmax over classes of the cross-entropy readout.
@@ -160,29 +160,33 @@ class PlanarScale:
 
 
 def _sigmoid_parts(u: Tensor, t: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-    """(1 + 2tq, ½ − 2g², 1 + 4q²) for g = u − ½, q = tg: σ(x + iy) = (u·a + i·t·r)/den."""
+    """(½ + tq, v, ½ + 2q²) for v = u(1 − u), g = u − ½, q = tg: σ(x + iy) = (u·a + i·t·v)/d.
+
+    v is computed as u − u², not as ¼ − g², which would lose its relative precision where the
+    unit saturates (u near 0).
+    """
     g = torch.sub(u, scalar(0.5, u))
     q = torch.mul(t, g)
-    one = scalar(1.0, q)
-    den = torch.addcmul(one, q, q, value=4.0)
-    a = torch.addcmul(one, t, q, value=2.0)
-    r = torch.addcmul(scalar(0.5, g), g, g, value=-2.0)
-    return a, r, den
+    half = scalar(0.5, q)
+    den = torch.addcmul(half, q, q, value=2.0)
+    a = torch.addcmul(half, t, q)
+    v = torch.addcmul(u, u, u, value=-1.0)
+    return a, v, den
 
 
 def _sigmoid_from_tan_(re: Tensor, t: Tensor) -> None:
     """σ(x + iy) in place from ``re`` = x and ``t`` = tan(y/2) (both overwritten)."""
     u = re.sigmoid_()
-    a, r, den = _sigmoid_parts(u, t)
+    a, v, den = _sigmoid_parts(u, t)
     u.mul_(a).div_(den)
-    t.mul_(r).div_(den)
+    t.mul_(v).div_(den)
 
 
 def _sigmoid_of_tan(x: Tensor, t: Tensor) -> tuple[Tensor, Tensor]:
     """σ(x + iy) as fresh tensors from x and t = tan(y/2) (neither is changed)."""
     u = torch.sigmoid(x)
-    a, r, den = _sigmoid_parts(u, t)
-    return u.mul_(a).div_(den), r.mul_(t).div_(den)
+    a, v, den = _sigmoid_parts(u, t)
+    return u.mul_(a).div_(den), v.mul_(t).div_(den)
 
 
 def complex_sigmoid_(re: Tensor, im: Tensor) -> None:
