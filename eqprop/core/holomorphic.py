@@ -297,16 +297,22 @@ class PlanarNetwork(ChainNetwork):
 
     def _nudge_terms(self, y: Tensor, beta: Tensor | float) -> tuple[Tensor, PlanarScale]:
         """The planar target and the scale by −β of :meth:`nudge_drive`, computed once per
-        relaxation: the solver passes the same ``y`` and ``beta`` at every step."""
+        relaxation: the solver passes the same ``y`` and ``beta`` at every step.
+
+        Not while a CUDA graph is captured: its replays copy new values into the same ``y``
+        and ``beta`` buffers, so the graph must compute the terms from them at every step.
+        """
+        capturing = y.is_cuda and torch.cuda.is_current_stream_capturing()
         key = (y, y._version, beta, beta._version if isinstance(beta, Tensor) else None)
         cached = self._nudge_cache
-        if cached is not None and all(map(_same, cached[0], key)):
+        if not capturing and cached is not None and all(map(_same, cached[0], key)):
             return cached[1], cached[2]
         if not isinstance(beta, Tensor):
             beta = y.new_full((y.shape[0],), float(beta))
         target = self._target(y)
         scale = PlanarScale(beta, self.rows, sign=-1.0)
-        self._nudge_cache = (key, target, scale)
+        if not capturing:
+            self._nudge_cache = (key, target, scale)
         return target, scale
 
     def nudge_drive(self, state: Sequence[Tensor], y: Tensor, beta: Tensor | float) -> Tensor:
