@@ -42,7 +42,6 @@ from eqprop.core.planar import (
     PlanarScale,
     Rows,
     complex_identity_,
-    planar_scale_,
     planar_softmax_,
     planar_softmax_pool,
     planar_softmax_unpool,
@@ -339,15 +338,16 @@ class PlanarNetwork(ChainNetwork):
         """
         rows, b = self.rows, x.shape[0]
         layers = self.interactions
+        scale = PlanarScale(coef, rows)
         with torch.no_grad():
             # The input term is linear in s_1 with x shared and real: its real parts, summed
             # over the stacked batches, meet x once.
-            post = planar_scale_(state[0].detach().clone(), coef, rows)[: rows.with_bias]
+            post = scale(state[0].detach())[: rows.with_bias]
             first = post.unflatten(0, (-1, b)).sum(0)
             inner = cast(_PlanarInteraction, layers[0]).inner
             out = inner.paired_weight_grads(fast_layout(x), fast_layout(first), input_ctx)
             for n in range(1, len(layers)):
-                post = planar_scale_(state[n].detach().clone(), coef, rows)
+                post = scale(state[n].detach())
                 out += layers[n].paired_weight_grads(state[n - 1].detach(), post)
         return out
 

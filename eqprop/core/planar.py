@@ -101,6 +101,8 @@ def _column(c: Tensor, like: Tensor) -> Tensor:
 def planar_scale_(t: Tensor, coef: Tensor, rows: Rows) -> Tensor:
     """``t ← c·t`` row by row in place, for a planar per-row coefficient ``c`` (complex product).
 
+    The plain form, kept as the reference :class:`PlanarScale` is tested against.
+
     Args:
         t: a planar batch (rows.total, ...), overwritten.
         coef: (rows.total,) or (rows.total, 1): c on the real rows, Re c on the real parts and

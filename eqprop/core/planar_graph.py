@@ -40,7 +40,7 @@ from eqprop.core.holomorphic import (
 )
 from eqprop.core.interactions import ConvInteraction, DenseInteraction, Interaction
 from eqprop.core.kernels import fast_layout
-from eqprop.core.planar import Rows, planar_scale_
+from eqprop.core.planar import PlanarScale, Rows
 
 __all__ = ["PlanarGraphConv", "PlanarGraphNetwork", "planar_view"]
 
@@ -114,7 +114,8 @@ class PlanarGraphNetwork(PlanarNetwork, GraphNetwork):
         contexts = input_ctx if isinstance(input_ctx, dict) else {}
         out: WeightGrads = []
         with torch.no_grad():
-            scaled = [planar_scale_(s.detach().clone(), coef, rows) for s in state]
+            scale = PlanarScale(coef, rows)
+            scaled = [scale(s.detach()) for s in state]
             for e, layer in enumerate(self.interactions):
                 p, q = self.edge_src[e], self.edge_dst[e]
                 if p < 0:

@@ -48,7 +48,7 @@ from eqprop.core.chain import ChainNetwork, State, WeightGrads
 from eqprop.core.graph import GraphNetwork
 from eqprop.core.holomorphic import check_holomorphic
 from eqprop.core.kernels import fast_layout
-from eqprop.core.planar import planar_scale_
+from eqprop.core.planar import PlanarScale
 from eqprop.core.validation import SettingError, check_int, check_number
 from eqprop.estimators.base import Estimate, register
 from eqprop.estimators.circle import (
@@ -227,7 +227,7 @@ class GeneralizedHolomorphicEP(EPEstimator):
         coef, _ = point_columns(pts, keep, fallback)
         delta = []
         for s_free, s in zip(free, pts.state, strict=True):
-            d = pts.real_sum(planar_scale_(s.detach().clone(), coef, pts.rows), b)
+            d = pts.real_sum(PlanarScale(coef, pts.rows)(s.detach()), b)
             if n == 1:  # one-sided: −(s^β − s*)/β
                 d = d + s_free.detach() / self.beta
             delta.append(fast_layout(d))
