@@ -251,6 +251,48 @@ def median_time(fn: Callable[[], object], reps: int, warmup: int, device: torch.
     return statistics.median(times)
 
 
+def timed(fn: Callable[[], object], reps: int, warmup: int, device: torch.device) -> dict:
+    """Median wall seconds and median process CPU seconds of ``fn`` over ``reps`` calls.
+
+    With one thread the CPU seconds are the compute a call needs, whatever else shares the
+    cores; the wall seconds include the waits when it does.
+    """
+    for _ in range(warmup):
+        fn()
+    wall, cpu = [], []
+    for _ in range(reps):
+        sync(device)
+        w0, c0 = time.perf_counter(), time.process_time()
+        fn()
+        sync(device)
+        wall.append(time.perf_counter() - w0)
+        cpu.append(time.process_time() - c0)
+    return {"wall_s": statistics.median(wall), "cpu_s": statistics.median(cpu)}
+
+
+def timed_side_by_side(
+    fns: dict[str, Callable[[], object]], reps: int, warmup: int, device: torch.device
+) -> dict[str, dict]:
+    """:func:`timed` of several functions, their calls interleaved (a, b, a, b, ...), so that
+    a drift of the machine's speed weighs on each alike."""
+    for fn in fns.values():
+        for _ in range(warmup):
+            fn()
+    wall: dict[str, list[float]] = {k: [] for k in fns}
+    cpu: dict[str, list[float]] = {k: [] for k in fns}
+    for _ in range(reps):
+        for k, fn in fns.items():
+            sync(device)
+            w0, c0 = time.perf_counter(), time.process_time()
+            fn()
+            sync(device)
+            wall[k].append(time.perf_counter() - w0)
+            cpu[k].append(time.process_time() - c0)
+    return {
+        k: {"wall_s": statistics.median(wall[k]), "cpu_s": statistics.median(cpu[k])} for k in fns
+    }
+
+
 def sgd(model: nn.Module) -> torch.optim.Optimizer:
     """The optimizer of every timed training iteration (EP and backprop alike)."""
     return torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=3e-4)

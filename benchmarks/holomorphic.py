@@ -31,60 +31,16 @@ import functools
 import json
 import os
 import platform
-import statistics
-import time
 from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
-from common import one_step, paper_cifar10, seeded, sgd, sync
+from common import one_step, paper_cifar10, seeded, sgd, timed, timed_side_by_side
 
 from eqprop import ConvLayer, EnergyNetwork, Solver
 from eqprop.core.holomorphic import PlanarNetwork, planar_states, to_planar
 from eqprop.core.planar import Rows
 from eqprop.estimators import HolomorphicEP
-
-
-def timed(fn: Callable[[], object], reps: int, warmup: int, device: torch.device) -> dict:
-    """Median wall seconds and median process CPU seconds of ``fn`` over ``reps`` calls.
-
-    With one thread the CPU seconds are the compute a call needs, whatever else shares the
-    cores; the wall seconds include the waits when it does.
-    """
-    for _ in range(warmup):
-        fn()
-    wall, cpu = [], []
-    for _ in range(reps):
-        sync(device)
-        w0, c0 = time.perf_counter(), time.process_time()
-        fn()
-        sync(device)
-        wall.append(time.perf_counter() - w0)
-        cpu.append(time.process_time() - c0)
-    return {"wall_s": statistics.median(wall), "cpu_s": statistics.median(cpu)}
-
-
-def timed_side_by_side(
-    fns: dict[str, Callable[[], object]], reps: int, warmup: int, device: torch.device
-) -> dict[str, dict]:
-    """:func:`timed` of several functions, their calls interleaved (a, b, a, b, ...), so that
-    a drift of the machine's speed weighs on each alike."""
-    for fn in fns.values():
-        for _ in range(warmup):
-            fn()
-    wall: dict[str, list[float]] = {k: [] for k in fns}
-    cpu: dict[str, list[float]] = {k: [] for k in fns}
-    for _ in range(reps):
-        for k, fn in fns.items():
-            sync(device)
-            w0, c0 = time.perf_counter(), time.process_time()
-            fn()
-            sync(device)
-            wall[k].append(time.perf_counter() - w0)
-            cpu[k].append(time.process_time() - c0)
-    return {
-        k: {"wall_s": statistics.median(wall[k]), "cpu_s": statistics.median(cpu[k])} for k in fns
-    }
 
 
 def hep_vgg5() -> EnergyNetwork:
