@@ -6,7 +6,9 @@ import pytest
 import torch
 from nets import make_batch, make_net
 
-from eqprop import ConvLayer, EnergyNetwork, SymmetricEP
+from eqprop import ConvLayer, EnergyNetwork, Solver, SymmetricEP
+from eqprop.core.chain import repeat_batch
+from eqprop.core.kernels import fast_layout
 from eqprop.dynamics import synchronous_step
 from eqprop.reference import reference_step
 
@@ -28,6 +30,24 @@ def test_image_inputs_weights_and_states_are_channels_last_even_with_one_channel
     assert all(channels_last_strides(layer.conv.weight) for layer in convs)
     assert channels_last_strides(net.input_drive(x))
     assert all(channels_last_strides(s) for s in net.zero_state(2)[:2])
+
+
+@pytest.mark.parametrize("channels", [1, 3])
+def test_batched_phases_keep_channels_last(channels):
+    """The ±β phases relaxed as one batch start from the free state repeated along the batch;
+    Tensor.repeat would hand them NCHW strides, and every conv and pool of the phases would
+    convert its operands back."""
+    t = fast_layout(torch.rand(2, channels, 4, 4))
+    doubled = repeat_batch(t, 2)
+    assert channels_last_strides(doubled)
+    torch.testing.assert_close(doubled, t.repeat(2, 1, 1, 1), rtol=0, atol=0)
+    net = EnergyNetwork((channels, 8, 8), conv=[ConvLayer(4, 3, 1, 1, "m")], output="ce")
+    x, y = torch.rand(3, channels, 8, 8), torch.tensor([0, 1, 2])
+    est = SymmetricEP(0.5, free_steps=2, nudged_steps=2, solver=Solver("even_odd"))
+    drive = net.input_drive(x)
+    free = est.solver.relax(net, drive, None, 2).state
+    phases, _ = est.relax_nudged(net, drive, free, y, [0.5, -0.5])
+    assert all(channels_last_strides(s) for phase in phases for s in phase if s.dim() == 4)
 
 
 def test_state_dict_round_trip_and_init_scale():
