@@ -1,7 +1,7 @@
 """Cost of the claims' relaxation budgets: one EP training iteration over one backprop iteration.
 
 Prints one JSON object. Usage: ``python benchmarks/budget_cost.py [--reps 5] [--threads 1]
-[--claims benchmarks/results/claims.json] [--quick]``.
+[--claims benchmarks/results/claims.json] [--quick] [--rejoin results/budget_cost.json]``.
 
 For each run of the ``budget`` group of ``claims.py`` (its preset and overrides), the network,
 the estimator and the batch size are those ``eqprop train`` builds (``eqprop.train.builders``).
@@ -17,7 +17,9 @@ and ``ep_over_bp`` (wall) and ``ep_over_bp_cpu``. With ``--threads 1`` the CPU r
 compute alone even when another job shares the cores; the wall ratio is the one to quote from an
 idle machine. When ``--claims`` holds the runs' results, each row also gets its ``test_error``,
 and ``cheapest_within_half_point`` names the cheapest budget whose test error is within
-0.5 points of the exact budget's (null while the exact run has no result).
+0.5 points of the exact budget's (null while the exact run has no result). ``--rejoin FILE``
+times nothing: it joins an earlier output's measurements with the current ``--claims`` (so a
+run that finishes later need not cost a second timing on an idle machine).
 """
 
 from __future__ import annotations
@@ -113,7 +115,13 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--batch", type=int, default=None, help="default: each preset's batch size")
     p.add_argument("--claims", type=Path, default=RESULTS / "claims.json")
     p.add_argument("--quick", action="store_true", help="batch 8, one rep: a smoke test")
+    p.add_argument("--rejoin", type=Path, help="earlier output to join with --claims")
     a = p.parse_args(argv)
+    if a.rejoin is not None:
+        out = json.loads(a.rejoin.read_text(encoding="utf-8"))
+        out["cheapest_within_half_point"] = join_results(out["results"], a.claims)
+        print(json.dumps(out, indent=1))
+        return
     torch.set_num_threads(a.threads)
     reps, batch = (1, 8) if a.quick else (a.reps, a.batch)
     rows = [measure(e, reps, batch) for e in budget_runs()]

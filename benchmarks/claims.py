@@ -20,11 +20,14 @@ Groups (``EXPERIMENTS`` below):
   every epoch;
 - ``budget``: the symmetric-EP cross-entropy run at 60 + 2×15 synchronous steps (the exact
   ``cifar10-conv-small``), 12 + 2×4, 6 + 2×2 and 4 + 2×1 even/odd steps with batched phases;
-- ``small``: ``mnist-conv-ce-fast`` and ``fashion-conv-ce-fast``, about 30 minutes each.
+- ``small``: ``mnist-conv-ce-fast`` and ``fashion-conv-ce-fast``, about 30 minutes each;
+- ``residual``: ``cifar10-residual-small`` (the small Hopfield-ResNet) and the chain
+  ``cifar10-conv-small-fast`` with the cross-entropy readout, 3 epochs each, run one after
+  the other.
 
 Usage (from the repository root)::
 
-    python benchmarks/claims.py                       # everything (about 7 hours on 2 cores)
+    python benchmarks/claims.py                       # everything (about 8 hours on 2 cores)
     python benchmarks/claims.py --group cifar         # one group; --only NAME[,NAME]
     python benchmarks/claims.py --dry-run             # print the commands and statuses
     python benchmarks/claims.py --report-only         # rebuild claims.json and the PNGs
@@ -104,6 +107,10 @@ EXPERIMENTS: tuple[Experiment, ...] = (
     _cifar("budget-t60-15-sync", *CHECK, groups=("budget",), preset="cifar10-conv-small"),
     _cifar("budget-t6-2", *_steps(6, 2), *CHECK, groups=("budget",)),
     _cifar("budget-t4-1", *_steps(4, 1), *CHECK, groups=("budget",)),
+    # Issue 12's comparison: the small residual graph against the chain of about its cost,
+    # side by side (the chain is cifar-ce-symmetric again, trained under the same conditions).
+    _cifar("residual-cifar", *CHECK, groups=("residual",), preset="cifar10-residual-small"),
+    _cifar("residual-chain-cifar", *CHECK, groups=("residual",)),
     # The small-data targets: presets sized for about 30 minutes of training each (about
     # 75 s per epoch on one thread), their own epochs; the EP-vs-BPTT check every 5 epochs.
     Experiment("mnist-conv-ce-fast", "mnist-conv-ce-fast", SMALL_CHECK, ("small",)),
@@ -227,7 +234,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--data", default="../shared/data", help="data.root (default ../shared/data)")
     p.add_argument("--results", default=str(RESULTS), help="claims.json and PNGs go here")
     p.add_argument("--only", help="comma-separated run names to run")
-    p.add_argument("--group", help="run this group only (cifar, budget, small)")
+    p.add_argument("--group", help="run this group only (cifar, budget, small, residual)")
     p.add_argument("--threads", type=int, default=1, help="torch threads per run (default 1)")
     p.add_argument("--nice", type=int, default=10, help="niceness of the runs (0: none)")
     p.add_argument("--dry-run", action="store_true", help="print statuses and commands only")

@@ -61,3 +61,18 @@ def test_no_choice_without_the_exact_result(budget_cost, tmp_path):
     rows = _rows(9.0, 2.0, 1.0, 0.6)
     assert budget_cost.join_results(rows, _claims(tmp_path, errors)) is None
     assert budget_cost.join_results(rows, tmp_path / "missing.json") is None
+
+
+def test_rejoin_reuses_the_measurements_and_times_nothing(
+    budget_cost, tmp_path, capsys, monkeypatch
+):
+    earlier = tmp_path / "budget_cost.json"
+    earlier.write_text(json.dumps({"threads": 1, "cheapest_within_half_point": None,
+                                   "results": _rows(9.0, 2.0, 1.0, 0.6)}))  # fmt: skip
+    errors = {"budget-t60-15-sync": 0.400, "cifar-ce-symmetric": 0.41,
+              "budget-t6-2": 0.402, "budget-t4-1": 0.79}  # fmt: skip
+    monkeypatch.setattr(budget_cost, "measure", lambda *a: pytest.fail("timed a run"))
+    budget_cost.main(["--rejoin", str(earlier), "--claims", str(_claims(tmp_path, errors))])
+    out = json.loads(capsys.readouterr().out)
+    assert out["cheapest_within_half_point"] == "budget-t6-2" and out["threads"] == 1
+    assert [r["test_error"] for r in out["results"]] == list(errors.values())

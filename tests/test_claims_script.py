@@ -93,4 +93,5 @@ def test_builtin_set_is_valid_and_dry_run_prints_its_commands(tmp_path, monkeypa
     assert steps["cifar-mse-one-sided"] == 12 + 4
     assert steps["cifar-mse-bptt"] == 12
     assert steps["budget-t4-1"] == 4 + 2 * 1
-    assert {g for e in claims.EXPERIMENTS for g in e.groups} == {"cifar", "budget", "small"}
+    groups = {g for e in claims.EXPERIMENTS for g in e.groups}
+    assert groups == {"cifar", "budget", "small", "residual"}

@@ -18,7 +18,7 @@ from eqprop.estimators import make_estimator
 from eqprop.train.loader import EpochLoader
 from eqprop.train.schema import ExperimentConfig
 
-__all__ = ["EpochStats", "gdu_summary", "model_fields"]
+__all__ = ["EpochStats", "gdu_summary", "layer_grads", "model_fields"]
 
 
 @dataclass
@@ -103,7 +103,7 @@ def gdu_summary(
     return out
 
 
-def _layer_grads(net: ChainNetwork) -> list[Tensor]:
+def layer_grads(net: ChainNetwork) -> list[Tensor]:
     """Each weight layer's gradient as one flat vector (weights and biases together); a
     parameter without one counts as zero (truncated BPTT over a single even/odd sweep does not
     reach the first layers)."""
@@ -131,7 +131,7 @@ def gradient_agreement(
             guard=e.guard, jacobian_reg=e.jacobian_reg, jacobian_probes=e.jacobian_probes,
         )  # fmt: skip
         est.estimate(twin, x, y)
-        grads.append(_layer_grads(twin))
+        grads.append(layer_grads(twin))
     out: dict[str, float | None] = {}
     for n, (g, ref) in enumerate(zip(*grads, strict=True)):
         norm = float(ref.norm())

@@ -98,17 +98,21 @@ def test_hr13_presets_follow_the_recipe():
     assert load_config("cifar10-hr13-fast").dynamics.schedule == "even_odd"
 
 
-def test_small_residual_preset_trains_a_batch():
-    cfg = load_config("fashion-residual-small")
-    net = build_network(cfg, (1, 28, 28), 10)
-    x, y = torch.rand(8, 1, 28, 28), torch.randint(0, 10, (8,))
+@pytest.mark.parametrize(
+    ("name", "shape"),
+    [("fashion-residual-small", (1, 28, 28)), ("cifar10-residual-small", (3, 32, 32))],
+)
+def test_small_residual_presets_train_a_batch(name, shape):
+    cfg = load_config(name)
+    net = build_network(cfg, shape, 10)
+    x, y = torch.rand(8, *shape), torch.randint(0, 10, (8,))
     est = build_estimator(cfg).estimate(net, x, y)
     assert est.logits.shape == (8, 10)
     # Its one nudged sweep reaches every node: no weight is left with a zero gradient (a
     # sweep over the colouring would leave the first three nodes' weights at exactly zero).
     assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in net.parameters())
-    coloured = load_config("fashion-residual-small", ["dynamics.schedule=coloured"])
-    net = build_network(coloured, (1, 28, 28), 10)
+    coloured = load_config(name, ["dynamics.schedule=coloured"])
+    net = build_network(coloured, shape, 10)
     build_estimator(coloured).estimate(net, x, y)
     assert any(p.grad is None or p.grad.abs().sum() == 0 for p in net.parameters())
 
