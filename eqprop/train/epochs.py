@@ -115,7 +115,8 @@ def layer_grads(net: ChainNetwork) -> list[Tensor]:
 def gradient_agreement(
     net: ChainNetwork, x: Tensor, y: Tensor, cfg: ExperimentConfig, solver: Solver
 ) -> dict[str, float | None]:
-    """The run's gradient estimate against truncated BPTT with the same budgets, on one batch:
+    """The run's gradient estimate against truncated BPTT with the same budgets (through every
+    free step with ``log.check_reference: full``), on one batch:
     per weight layer n, ``gdu_cos_layer{n}`` (cosine) and ``gdu_relerr_layer{n}`` (‖g − g_BPTT‖
     / ‖g_BPTT‖), and ``gdu_cos_all`` over every weight. Both run on copies of the network, with
     their own random draws, no warm start and no clipping: the run itself is left untouched.
@@ -129,6 +130,7 @@ def gradient_agreement(
             kind, beta=e.beta, free_steps=d.free_steps, nudged_steps=d.nudged_steps,
             solver=solver, batch_phases=d.batch_phases, seed=cfg.seed, points=e.points,
             guard=e.guard, jacobian_reg=e.jacobian_reg, jacobian_probes=e.jacobian_probes,
+            full=cfg.log.check_reference == "full",
         )  # fmt: skip
         est.estimate(twin, x, y)
         grads.append(layer_grads(twin))

@@ -324,6 +324,10 @@ class LogConfig(Section):
         check_every: every this many epochs, run a small EP-versus-BPTT check (spec §5) on
             ``check_batch`` validation examples and log its summary numbers; 0 turns it off.
         check_batch: examples in that check.
+        check_reference: what the run's update is compared with in that check: ``truncated``,
+            BPTT through the last ``nudged_steps`` free steps (the paper's equivalence), or
+            ``full``, BPTT through every free step (the exact gradient of the network the run
+            trains; the one that reaches every layer when a single nudged sweep does not).
     """
 
     progress: bool = True
@@ -331,6 +335,7 @@ class LogConfig(Section):
     plots: bool = True
     check_every: int = field(default=0, metadata=INT_GE0)
     check_batch: int = field(default=8, metadata=INT_GE1)
+    check_reference: str = field(default="truncated", metadata={"choices": ("truncated", "full")})
 
 
 @dataclass(frozen=True)

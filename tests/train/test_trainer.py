@@ -164,6 +164,24 @@ def test_gradient_agreement_has_no_reference_where_truncated_bptt_does_not_reach
     assert out["gdu_cos_all"] is not None
 
 
+def test_the_full_reference_reaches_every_layer_of_a_graph_with_one_nudged_sweep():
+    """A residual graph's last free node sweep runs down from the output node, so BPTT through
+    it alone reaches only the head; through every free sweep it reaches every layer."""
+    base = ["train.dtype=float64", "model.graph.residual.widths=[4, 6]"]
+    x, y = torch.rand(4, 1, 28, 28, dtype=torch.float64), torch.randint(0, 10, (4,))
+    out = {}
+    for ref in ("truncated", "full"):
+        cfg = load_config("fashion-residual-small", [*base, f"log.check_reference={ref}"])
+        torch.manual_seed(0)
+        net = build_network(cfg, (1, 28, 28), 10).double()
+        out[ref] = gradient_agreement(net, x, y, cfg, cfg.dynamics.solver)
+    n = cfg.model.n_layers
+    assert sum(out["truncated"][f"gdu_cos_layer{i}"] is None for i in range(n)) >= n - 3
+    assert all(out["full"][f"gdu_cos_layer{i}"] is not None for i in range(n))
+    with pytest.raises(ConfigError, match=r"check_reference: 'last' is not one of truncated, full"):
+        load_config("fashion-residual-small", ["log.check_reference=last"])
+
+
 def test_holomorphic_guard_counts_are_logged_per_epoch(tmp_path):
     """The estimator's per-batch counts (hEP's convergence guard) reach the epoch records."""
     cfg = load_config(
