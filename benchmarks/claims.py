@@ -27,7 +27,7 @@ Groups (``EXPERIMENTS`` below):
 
 Usage (from the repository root)::
 
-    python benchmarks/claims.py                       # everything (about 8 hours on 2 cores)
+    python benchmarks/claims.py                       # everything (about 7 hours on 2 cores)
     python benchmarks/claims.py --group cifar         # one group; --only NAME[,NAME]
     python benchmarks/claims.py --dry-run             # print the commands and statuses
     python benchmarks/claims.py --report-only         # rebuild claims.json and the PNGs
