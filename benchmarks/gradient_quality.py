@@ -19,7 +19,6 @@ same per weight layer (``cos_layers``, ``sign_disagreement_layers``).
 from __future__ import annotations
 
 import argparse
-import copy
 import json
 from collections.abc import Sequence
 from pathlib import Path
@@ -28,11 +27,9 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from eqprop.estimators import make_estimator
-from eqprop.estimators.bptt import BPTT
 from eqprop.train.builders import build_solver
 from eqprop.train.config import ExperimentConfig
-from eqprop.train.epochs import layer_grads
+from eqprop.train.epochs import update_and_reference
 from eqprop.train.saved import load_run
 
 
@@ -49,21 +46,10 @@ def quality(
 ) -> dict[str, Any]:
     """The run's estimator at (free, nudged, β) against BPTT through all ``free`` steps, on
     copies of ``net`` (left untouched)."""
-    e, d = cfg.estimator, cfg.dynamics
-    solver = build_solver(cfg)
-    estimators = (
-        make_estimator(
-            e.kind, beta=beta, free_steps=free, nudged_steps=nudged, solver=solver,
-            batch_phases=d.batch_phases, seed=cfg.seed, points=e.points,
-        ),
-        BPTT(free_steps=free, nudged_steps=free, full=True, solver=solver),
+    grads = update_and_reference(
+        net, x, y, cfg, build_solver(cfg), free_steps=free, nudged_steps=nudged, beta=beta,
+        full=True,
     )  # fmt: skip
-    grads = []
-    for est in estimators:
-        twin = copy.deepcopy(net)
-        twin.zero_grad(set_to_none=True)
-        est.estimate(twin, x, y)
-        grads.append(layer_grads(twin))
     g, ref = (torch.cat(v) for v in grads)
     return {
         "free_steps": free, "nudged_steps": nudged, "beta": beta,

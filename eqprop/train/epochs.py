@@ -18,7 +18,7 @@ from eqprop.estimators import make_estimator
 from eqprop.train.loader import EpochLoader
 from eqprop.train.schema import ExperimentConfig
 
-__all__ = ["EpochStats", "gdu_summary", "layer_grads", "model_fields"]
+__all__ = ["EpochStats", "gdu_summary", "model_fields", "update_and_reference"]
 
 
 @dataclass
@@ -103,13 +103,44 @@ def gdu_summary(
     return out
 
 
-def layer_grads(net: ChainNetwork) -> list[Tensor]:
+def _layer_grads(net: ChainNetwork) -> list[Tensor]:
     """Each weight layer's gradient as one flat vector (weights and biases together); a
     parameter without one counts as zero (truncated BPTT over a single even/odd sweep does not
     reach the first layers)."""
     grads = [[torch.zeros_like(p) if p.grad is None else p.grad for p in layer.parameters()]
              for layer in net.weight_layers()]  # fmt: skip
     return [torch.cat([g.flatten() for g in layer]) for layer in grads]
+
+
+def update_and_reference(
+    net: ChainNetwork,
+    x: Tensor,
+    y: Tensor,
+    cfg: ExperimentConfig,
+    solver: Solver,
+    *,
+    free_steps: int,
+    nudged_steps: int,
+    beta: float,
+    full: bool,
+) -> tuple[list[Tensor], list[Tensor]]:
+    """Per weight layer (:func:`_layer_grads`), the run's estimator at this budget and β, and
+    BPTT's gradient, truncated to ``nudged_steps`` or through every free step (``full``). Both
+    run on copies of ``net``, with their own random draws, no warm start and no clipping."""
+    e, d = cfg.estimator, cfg.dynamics
+    grads = []
+    for kind in (e.kind, "bptt"):
+        twin = copy.deepcopy(net)
+        twin.zero_grad(set_to_none=True)
+        est = make_estimator(
+            kind, beta=beta, free_steps=free_steps, nudged_steps=nudged_steps,
+            solver=solver, batch_phases=d.batch_phases, seed=cfg.seed, points=e.points,
+            guard=e.guard, jacobian_reg=e.jacobian_reg, jacobian_probes=e.jacobian_probes,
+            full=full,
+        )  # fmt: skip
+        est.estimate(twin, x, y)
+        grads.append(_layer_grads(twin))
+    return grads[0], grads[1]
 
 
 def gradient_agreement(
@@ -121,19 +152,11 @@ def gradient_agreement(
     / ‖g_BPTT‖), and ``gdu_cos_all`` over every weight. Both run on copies of the network, with
     their own random draws, no warm start and no clipping: the run itself is left untouched.
     A layer BPTT's truncated unroll does not reach has no reference: None for both."""
-    e, d = cfg.estimator, cfg.dynamics
-    grads = []
-    for kind in (e.kind, "bptt"):
-        twin = copy.deepcopy(net)
-        twin.zero_grad(set_to_none=True)
-        est = make_estimator(
-            kind, beta=e.beta, free_steps=d.free_steps, nudged_steps=d.nudged_steps,
-            solver=solver, batch_phases=d.batch_phases, seed=cfg.seed, points=e.points,
-            guard=e.guard, jacobian_reg=e.jacobian_reg, jacobian_probes=e.jacobian_probes,
-            full=cfg.log.check_reference == "full",
-        )  # fmt: skip
-        est.estimate(twin, x, y)
-        grads.append(layer_grads(twin))
+    d = cfg.dynamics
+    grads = update_and_reference(
+        net, x, y, cfg, solver, free_steps=d.free_steps, nudged_steps=d.nudged_steps,
+        beta=cfg.estimator.beta, full=cfg.log.check_reference == "full",
+    )  # fmt: skip
     out: dict[str, float | None] = {}
     for n, (g, ref) in enumerate(zip(*grads, strict=True)):
         norm = float(ref.norm())
