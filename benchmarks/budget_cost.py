@@ -1,7 +1,8 @@
 """Cost of the claims' relaxation budgets: one EP training iteration over one backprop iteration.
 
 Prints one JSON object. Usage: ``python benchmarks/budget_cost.py [--reps 5] [--threads 1]
-[--claims benchmarks/results/claims.json] [--quick] [--rejoin results/budget_cost.json]``.
+[--claims benchmarks/results/claims.json] [--quick] [--only NAME[,NAME]]
+[--rejoin results/budget_cost.json ...]``.
 
 For each run of the ``budget`` group of ``claims.py`` (its preset and overrides), the network,
 the estimator and the batch size are those ``eqprop train`` builds (``eqprop.train.builders``).
@@ -19,7 +20,9 @@ idle machine. When ``--claims`` holds the runs' results, each row also gets its 
 and ``cheapest_within_half_point`` names the cheapest budget whose test error is within
 0.5 points of the exact budget's (null while the exact run has no result). ``--rejoin FILE``
 times nothing: it joins an earlier output's measurements with the current ``--claims`` (so a
-run that finishes later need not cost a second timing on an idle machine).
+run that finishes later need not cost a second timing on an idle machine); given several
+files, it joins their rows, so a budget added later (timed with ``--only``) joins the earlier
+ones.
 """
 
 from __future__ import annotations
@@ -108,6 +111,16 @@ def join_results(rows: list[dict[str, Any]], claims: Path) -> str | None:
     return min(good, key=lambda r: r["ep"]["wall_s"])["name"]
 
 
+def rejoin(paths: list[Path]) -> dict[str, Any]:
+    """The first output with the result rows of all of them, by name, in order of first
+    appearance; a later file's row replaces an earlier one's."""
+    outs = [json.loads(p.read_text(encoding="utf-8")) for p in paths]
+    rows: dict[str, dict[str, Any]] = {}
+    for out in outs:
+        rows.update({r["name"]: r for r in out["results"]})
+    return {**outs[0], "results": list(rows.values())}
+
+
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--reps", type=int, default=5)
@@ -115,16 +128,29 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--batch", type=int, default=None, help="default: each preset's batch size")
     p.add_argument("--claims", type=Path, default=RESULTS / "claims.json")
     p.add_argument("--quick", action="store_true", help="batch 8, one rep: a smoke test")
-    p.add_argument("--rejoin", type=Path, help="earlier output to join with --claims")
+    p.add_argument("--only", help="time only these runs of the group (NAME[,NAME])")
+    p.add_argument(
+        "--rejoin", type=Path, action="append",
+        help="earlier output to join with --claims; repeatable (a later file's row replaces an "
+        "earlier one of the same name)",
+    )  # fmt: skip
     a = p.parse_args(argv)
-    if a.rejoin is not None:
-        out = json.loads(a.rejoin.read_text(encoding="utf-8"))
+    if a.rejoin:
+        out = rejoin(a.rejoin)
         out["cheapest_within_half_point"] = join_results(out["results"], a.claims)
         print(json.dumps(out, indent=1))
         return
+    runs = budget_runs()
+    if a.only:
+        names = a.only.split(",")
+        unknown = sorted(set(names) - {e.name for e in runs})
+        if unknown:
+            p.error(f"--only: {', '.join(unknown)} not in the budget group; it has "
+                    f"{', '.join(e.name for e in runs)}")  # fmt: skip
+        runs = [e for e in runs if e.name in names]
     torch.set_num_threads(a.threads)
     reps, batch = (1, 8) if a.quick else (a.reps, a.batch)
-    rows = [measure(e, reps, batch) for e in budget_runs()]
+    rows = [measure(e, reps, batch) for e in runs]
     cheapest = join_results(rows, a.claims)
     print(json.dumps({
         "torch": torch.__version__,

@@ -23,7 +23,8 @@ Groups (``EXPERIMENTS`` below):
 - ``small``: ``mnist-conv-ce-fast`` and ``fashion-conv-ce-fast``, about 30 minutes each;
 - ``residual``: ``cifar10-residual-small`` (the small Hopfield-ResNet) and the chain
   ``cifar10-conv-small-fast`` with the cross-entropy readout, 3 epochs each, run one after
-  the other.
+  the other;
+- ``hour``: the symmetric-EP cross-entropy run given 6 epochs, about an hour of training.
 
 Usage (from the repository root)::
 
@@ -80,6 +81,7 @@ CHECK = ("log.check_every=1", "log.check_batch=32")
 #: The paper's squared-error recipe: β = 0.5 (cross-entropy runs keep the preset's β = 1).
 MSE = ("model.output=mse", "estimator.beta=0.5")
 EPOCHS = ("train.epochs=3",)
+FB = "dynamics.schedule=forward_backward"
 #: The small-data presets: the check every 5 epochs.
 SMALL_CHECK = ("log.check_every=5", "log.check_batch=32")
 
@@ -107,10 +109,19 @@ EXPERIMENTS: tuple[Experiment, ...] = (
     _cifar("budget-t60-15-sync", *CHECK, groups=("budget",), preset="cifar10-conv-small"),
     _cifar("budget-t6-2", *_steps(6, 2), *CHECK, groups=("budget",)),
     _cifar("budget-t4-1", *_steps(4, 1), *CHECK, groups=("budget",)),
+    # Gauss-Seidel sweeps in depth order (free ones alternating up and down, nudged ones from
+    # the readout down): one nudged sweep carries the nudge to every layer, which one even/odd
+    # step cannot.
+    _cifar("budget-fb-t4-1", *_steps(4, 1), FB, *CHECK, groups=("budget",)),
+    _cifar("budget-fb-t6-1", *_steps(6, 1), FB, *CHECK, groups=("budget",)),
+    _cifar("budget-fb-t4-2", *_steps(4, 2), FB, *CHECK, groups=("budget",)),
     # Issue 12's comparison: the small residual graph against the chain of about its cost,
     # side by side (the chain is cifar-ce-symmetric again, trained under the same conditions).
     _cifar("residual-cifar", *CHECK, groups=("residual",), preset="cifar10-residual-small"),
     _cifar("residual-chain-cifar", *CHECK, groups=("residual",)),
+    # The 60-minute CIFAR target: the preset CE run given as many epochs as fit in an hour of
+    # one-thread training here (about 470 s per epoch), its cosine schedule stretched to match.
+    Experiment("cifar-ce-hour", CIFAR, ("train.epochs=6",), ("hour",)),
     # The small-data targets: presets sized for about 30 minutes of training each (about
     # 75 s per epoch on one thread), their own epochs; the EP-vs-BPTT check every 5 epochs.
     Experiment("mnist-conv-ce-fast", "mnist-conv-ce-fast", SMALL_CHECK, ("small",)),

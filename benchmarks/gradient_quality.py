@@ -1,12 +1,14 @@
 """How close a saved run's EP update is to the exact gradient of what its network computes.
 
 Prints one JSON object. Usage: ``python benchmarks/gradient_quality.py RUN [RUN ...]
-[--budget T,K[,BETA] ...] [--batch 64] [--checkpoint last] [--threads 1]``.
+[--budget T,K[,BETA] ...] [--schedule NAME] [--init NAME] [--batch 64] [--checkpoint last]
+[--threads 1]``.
 
 For each run directory (its config and checkpoint) and each budget (default: the run's own
 free steps T, nudged steps K and β), on the first ``--batch`` validation images (test images
 when the run has no validation split): the run's estimator with that budget and the run's
-schedule, against backpropagation through all T free steps. The reference is the exact
+schedule and free-phase start (or ``--schedule``, ``--init``), against backpropagation through
+all T free steps. The reference is the exact
 gradient of the loss of the T-step network the run trains and evaluates; the in-training check
 (``log.check_every``) compares with BPTT truncated to K steps instead, the paper's
 equivalence, which with one nudged sweep over a graph reaches only the output's weights.
@@ -19,6 +21,7 @@ same per weight layer (``cos_layers``, ``sign_disagreement_layers``).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 from collections.abc import Sequence
 from pathlib import Path
@@ -27,6 +30,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from eqprop.dynamics.schedules import SCHEDULES
+from eqprop.dynamics.solver import INITS
 from eqprop.train.builders import build_solver
 from eqprop.train.config import ExperimentConfig
 from eqprop.train.epochs import update_and_reference
@@ -78,6 +83,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("runs", nargs="+", type=Path, help="run directories")
     p.add_argument("--budget", type=parse_budget, action="append", help="T,K[,BETA]; repeatable")
+    p.add_argument("--schedule", choices=sorted(SCHEDULES), help="instead of the run's")
+    p.add_argument("--init", choices=sorted(INITS), help="free-phase start instead of the run's")
     p.add_argument("--batch", type=int, default=64)
     p.add_argument("--checkpoint", default="last")
     p.add_argument("--threads", type=int, default=1)
@@ -87,6 +94,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     for run in a.runs:
         trainer = load_run(run, a.checkpoint)
         cfg, net = trainer.cfg, trainer.net
+        changes = {k: v for k, v in (("schedule", a.schedule), ("init", a.init)) if v}
+        cfg = dataclasses.replace(cfg, dynamics=dataclasses.replace(cfg.dynamics, **changes))
         x, y = next(iter((trainer.splits.val or trainer.splits.test).epoch(0)))
         x, y = x[: a.batch], y[: a.batch]
         d = cfg.dynamics
@@ -95,7 +104,8 @@ def main(argv: Sequence[str] | None = None) -> None:
                 for t, k, b in budgets]  # fmt: skip
         out.append({
             "run": str(run), "checkpoint": a.checkpoint, "batch": len(y),
-            "estimator": cfg.estimator.kind, "schedule": d.schedule, "budgets": rows,
+            "estimator": cfg.estimator.kind, "schedule": d.schedule, "init": d.init,
+            "budgets": rows,
         })  # fmt: skip
     print(json.dumps({"torch": torch.__version__, "runs": out}, indent=1))
 

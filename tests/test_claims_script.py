@@ -92,6 +92,8 @@ def test_builtin_set_is_valid_and_dry_run_prints_its_commands(tmp_path, monkeypa
     assert steps["cifar-ce-symmetric"] == 12 + 2 * 4
     assert steps["cifar-mse-one-sided"] == 12 + 4
     assert steps["cifar-mse-bptt"] == 12
-    assert steps["budget-t4-1"] == 4 + 2 * 1
+    assert steps["budget-t4-1"] == steps["budget-fb-t4-1"] == 4 + 2 * 1
     groups = {g for e in claims.EXPERIMENTS for g in e.groups}
-    assert groups == {"cifar", "budget", "small", "residual"}
+    assert groups == {"cifar", "budget", "small", "residual", "hour"}
+    hour = next(e for e in claims.EXPERIMENTS if e.name == "cifar-ce-hour")
+    assert load_config(hour.preset, hour.overrides).train.epochs == 6

@@ -68,3 +68,17 @@ def test_a_malformed_budget_is_a_one_line_error(gradient_quality, run_dir, capsy
     with pytest.raises(SystemExit):
         gradient_quality.main([str(run_dir), "--budget", "6"])
     assert "expected T,K or T,K,BETA" in capsys.readouterr().err
+
+
+def test_schedule_and_init_can_replace_the_runs(gradient_quality, run_dir, capsys, monkeypatch):
+    seen = []
+    monkeypatch.setattr(gradient_quality, "quality",
+                        lambda net, x, y, cfg, *a: seen.append(cfg.dynamics) or {})  # fmt: skip
+    args = [str(run_dir), "--schedule", "forward_backward", "--init", "feedforward"]
+    gradient_quality.main(args)
+    (run,) = json.loads(capsys.readouterr().out)["runs"]
+    assert (run["schedule"], run["init"]) == ("forward_backward", "feedforward")
+    assert (seen[0].schedule, seen[0].init) == ("forward_backward", "feedforward")
+    with pytest.raises(SystemExit):
+        gradient_quality.main([str(run_dir), "--schedule", "gauss"])
+    assert "invalid choice: 'gauss'" in capsys.readouterr().err
