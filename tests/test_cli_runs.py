@@ -29,6 +29,26 @@ def test_eval_names_the_checkpoint_and_epoch_it_evaluated(tmp_path, capsys):
     assert out.startswith(f"test accuracy of {tmp_path}/checkpoints/last.pt (epoch 2 of 2): ")
 
 
+def test_eval_with_other_step_counts_prints_one_line_each(tmp_path, capsys):
+    assert main(["train", "--out", str(tmp_path), *TINY_ARGS]) == 0
+    capsys.readouterr()
+    own = load_config(tmp_path / "config.yaml").dynamics.resolved_eval_steps
+    assert main(["eval", str(tmp_path), "--checkpoint", "last", "--split", "val"]) == 0
+    plain = capsys.readouterr().out.strip()
+    args = ["eval", str(tmp_path), "--checkpoint", "last", "--split", "val"]
+    assert main([*args, "--steps", f"1,{own}"]) == 0
+    one, same = capsys.readouterr().out.strip().splitlines()
+    assert " with 1 free steps: " in one
+    # The run's own count is the plain evaluation, to the last digit.
+    assert same == plain.replace(": ", f" with {own} free steps: ", 1)
+    for bad in ("0", "4,x", ""):
+        with pytest.raises(SystemExit) as exit_:
+            main([*args, "--steps", bad])
+        assert exit_.value.code == 2
+        last = capsys.readouterr().err.strip().splitlines()[-1]
+        assert "argument --steps" in last and "positive integers" in last
+
+
 def test_eval_never_falls_back_to_another_checkpoint(tmp_path, capsys):
     Trainer(tiny("data.val_size=0"), tmp_path).fit()  # no validation split: no best.pt
     assert main(["eval", str(tmp_path)]) == 2

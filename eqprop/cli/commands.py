@@ -107,6 +107,7 @@ def _report(summary: dict[str, Any], run_dir: Path, main: bool = True) -> int:
 
 
 def _eval(args: argparse.Namespace) -> int:
+    from eqprop.dynamics.solver import FreeRelaxation
     from eqprop.train.saved import load_run
 
     trainer = load_run(Path(args.run_dir), args.checkpoint, device=args.device)
@@ -118,14 +119,21 @@ def _eval(args: argparse.Namespace) -> int:
     }[args.split]
     if loader is None:
         raise UsageError("--split: val is not valid for this run (data.val_size is 0)")
-    error, loss = trainer.evaluate(loader, desc=args.split)
     where = f"epoch {trainer.epoch} of {trainer.cfg.train.epochs}" + (
         f", batch {trainer.batch}" if trainer.batch else ""
     )
-    print(
-        f"{args.split} accuracy of {trainer.checkpoint_path} ({where}): {1 - error:.2%} "
-        f"(loss {loss:.4f}, {loader.num_samples} examples)"
-    )
+    relaxation = trainer.net.relaxation
+    assert isinstance(relaxation, FreeRelaxation)  # set by build_network
+    for steps in args.steps or [None]:
+        if steps is not None:
+            trainer.net.relaxation = FreeRelaxation(relaxation.solver, steps)
+        error, loss = trainer.evaluate(loader, desc=args.split)
+        with_steps = "" if steps is None else f" with {steps} free steps"
+        print(
+            f"{args.split} accuracy of {trainer.checkpoint_path} ({where}){with_steps}: "
+            f"{1 - error:.2%} (loss {loss:.4f}, {loader.num_samples} examples)",
+            flush=True,
+        )
     return 0
 
 

@@ -130,7 +130,26 @@ def _eval_parser(sub: argparse._SubParsersAction) -> None:
         help="best (highest validation accuracy; the default) or last; never falls back",
     )  # fmt: skip
     e.add_argument("--device", help="device to evaluate on (default: the run's)")
+    e.add_argument(
+        "--steps", type=step_counts, metavar="T[,T...]",
+        help="free steps of the evaluation's relaxation instead of the run's eval_steps; "
+        "several (e.g. 4,8,16) print one line each: does the net need its training budget's "
+        "transient, or does it sit near a fixed point?",
+    )  # fmt: skip
     e.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def step_counts(text: str) -> list[int]:
+    """``T`` or ``T,T,...``: positive step counts."""
+    try:
+        counts = [int(t) for t in text.split(",")]
+    except ValueError:
+        counts = []
+    if not counts or min(counts) < 1:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not valid; expected positive integers separated by commas, e.g. 4,8,16"
+        )
+    return counts
 
 
 def _check_parser(sub: argparse._SubParsersAction) -> None:
