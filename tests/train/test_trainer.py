@@ -167,7 +167,7 @@ def test_gradient_agreement_has_no_reference_where_truncated_bptt_does_not_reach
 def test_the_full_reference_reaches_every_layer_of_a_graph_with_one_nudged_sweep():
     """A residual graph's last free node sweep runs down from the output node, so BPTT through
     it alone reaches only the head; through every free sweep it reaches every layer."""
-    base = ["train.dtype=float64", "model.graph.residual.widths=[4, 6]"]
+    base = ["train.dtype=float64", "model.graph.residual.widths=[4, 6]", "dynamics.free_steps=4"]
     x, y = torch.rand(4, 1, 28, 28, dtype=torch.float64), torch.randint(0, 10, (4,))
     out = {}
     for ref in ("truncated", "full"):
