@@ -234,11 +234,23 @@ def test_a_sweep_plans_one_run_per_combination_and_seed(tmp_path):
     assert len(runs) == 12 and len({r.directory for r in runs}) == 12
     assert runs[0].directory == tmp_path / "optim.lr=0.01,estimator.beta=0.1,seed=0"
     assert runs[0].overrides() == ["optim.lr=0.01", "estimator.beta=0.1", "seed=0"]
-    assert {r.status(base.train.epochs) for r in runs} == {"new"}
+    assert {r.status() for r in runs} == {"new"}
+    assert {r.epochs for r in runs} == {base.train.epochs}
+
+
+def test_a_sweep_over_epochs_knows_each_runs_own_epochs(tmp_path):
+    """A finished run at another grid point's epoch count is done, not resumed again."""
+    base, runs = plan("digits-quickstart", [], ["train.epochs=2,3"], 1, tmp_path)
+    assert [r.epochs for r in runs] == [2, 3] and base.train.epochs not in (2, 3)
+    for run in runs:
+        run.directory.mkdir()
+        (run.directory / "config.yaml").write_text("")
+        (run.directory / "summary.json").write_text(json.dumps({"epochs": 3}))
+    assert [r.status() for r in runs] == ["started", "done"]
 
 
 def test_a_sweep_table_gives_mean_and_std_over_seeds(tmp_path):
-    runs = [SweepRun((("optim.lr", "0.1"),), seed, tmp_path / str(seed)) for seed in range(3)]
+    runs = [SweepRun((("optim.lr", "0.1"),), seed, tmp_path / str(seed), 1) for seed in range(3)]
     for run, acc in zip(runs, (0.9, 0.8, 0.7), strict=True):
         run.directory.mkdir()
         summary = {

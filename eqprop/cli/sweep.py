@@ -116,8 +116,8 @@ def run_sweep(args: argparse.Namespace) -> int:
     out = Path(args.out) if args.out else default_run_dir(f"sweep-{name}")
     _check_out(out)
     overrides = run_overrides(args)
-    base, runs = plan(args.config, overrides, args.grid, args.seeds, out)
-    status = {run.directory: run.status(base.train.epochs) for run in runs}
+    _, runs = plan(args.config, overrides, args.grid, args.seeds, out)
+    status = {run.directory: run.status() for run in runs}
     todo = [
         (run, _command(run, args.config, overrides, status[run.directory]))
         for run in runs

@@ -18,7 +18,7 @@ import itertools
 import json
 import math
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -38,11 +38,13 @@ FIGURES = {
 
 @dataclass(frozen=True)
 class SweepRun:
-    """One run of a sweep: its grid values, seed, overrides and directory."""
+    """One run of a sweep: its grid values, seed, overrides, directory and planned epochs
+    (its own config's: ``train.epochs`` may be a grid axis)."""
 
     values: tuple[tuple[str, str], ...]
     seed: int
     directory: Path
+    epochs: int
 
     @property
     def point(self) -> str:
@@ -52,13 +54,13 @@ class SweepRun:
     def overrides(self) -> list[str]:
         return [*(f"{k}={v}" for k, v in self.values), f"seed={self.seed}"]
 
-    def status(self, epochs: int) -> str:
-        """``done`` (its summary covers ``epochs``), ``started`` or ``new``."""
+    def status(self) -> str:
+        """``done`` (its summary covers its planned epochs), ``started`` or ``new``."""
         try:
             summary = json.loads((self.directory / "summary.json").read_text())
         except (OSError, ValueError):
             summary = None
-        if isinstance(summary, dict) and summary.get("epochs") == epochs:
+        if isinstance(summary, dict) and summary.get("epochs") == self.epochs:
             return "done"
         return "started" if (self.directory / "config.yaml").exists() else "new"
 
@@ -114,12 +116,12 @@ def plan(
     for combo in itertools.product(*(values for _, values in axes)):
         values = tuple(zip((k for k, _ in axes), combo, strict=True))
         for seed in range(base.seed, base.seed + seeds):
-            run = SweepRun(values, seed, out / _dir_name(values, seed))
+            point = SweepRun(values, seed, out / _dir_name(values, seed), base.train.epochs)
             try:
-                load_config(config, [*overrides, *run.overrides()])
+                cfg = load_config(config, [*overrides, *point.overrides()])
             except ConfigError as err:
-                raise ConfigError(f"{err} (in the grid point {run.point})") from None
-            runs.append(run)
+                raise ConfigError(f"{err} (in the grid point {point.point})") from None
+            runs.append(replace(point, epochs=cfg.train.epochs))
     return base, runs
 
 
