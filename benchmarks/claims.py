@@ -23,7 +23,7 @@ Groups (``EXPERIMENTS`` below):
 - ``small``: ``mnist-conv-ce-fast`` and ``fashion-conv-ce-fast``, about 30 minutes each;
 - ``residual``: ``cifar10-residual-small`` (the small Hopfield-ResNet) and the chain
   ``cifar10-conv-small-fast`` with the cross-entropy readout, 3 epochs each, run one after
-  the other;
+  the other, and the residual net with 3 free sweeps;
 - ``hour``: the symmetric-EP cross-entropy run given 6 epochs, about an hour of training.
 
 Usage (from the repository root)::
@@ -119,6 +119,14 @@ EXPERIMENTS: tuple[Experiment, ...] = (
     # side by side (the chain is cifar-ce-symmetric again, trained under the same conditions).
     _cifar("residual-cifar", *CHECK, groups=("residual",), preset="cifar10-residual-small"),
     _cifar("residual-chain-cifar", *CHECK, groups=("residual",)),
+    # The residual graph with 3 free sweeps (the Fashion-MNIST preset's count) at equal epochs.
+    _cifar(
+        "residual-cifar-t3",
+        *_steps(3, 1),
+        *CHECK,
+        groups=("residual",),
+        preset="cifar10-residual-small",
+    ),
     # The 60-minute CIFAR target: the preset CE run given as many epochs as fit in an hour of
     # one-thread training here (about 470 s per epoch), its cosine schedule stretched to match.
     Experiment("cifar-ce-hour", CIFAR, ("train.epochs=6",), ("hour",)),
