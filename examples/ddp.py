@@ -50,7 +50,11 @@ def main() -> None:
     if rank == 0:
         same = all(torch.equal(s, sums[0]) for s in sums)
         print(f"{world} ranks, replicas identical: {same}")
-    dist.barrier()  # gloo can abort a rank whose peer leaves while messages are in flight
+    # Teardown order matters with gloo: release the DDP wrappers (their reducers hold the process
+    # group) while it is alive, wait for every rank, and only then destroy the group. Destroying it
+    # under live reducers, or while a peer's last messages are in flight, can abort a rank at exit.
+    del ddp_net, loss
+    dist.barrier()
     dist.destroy_process_group()
 
 
