@@ -22,4 +22,6 @@ def test_scalar_works_under_compile() -> None:
         return torch.addcmul(scalar(1.0, x), x, x, value=3.0)
 
     x = torch.randn(5)
-    assert torch.equal(f(x), 1.0 + 3.0 * x * x)
+    # Against the same kernel run eagerly: 1 + 3·x·x written out rounds differently in the last
+    # bit for some x (addcmul may fuse), which made an exact comparison fail at random.
+    assert torch.equal(f(x), torch.addcmul(torch.ones(()), x, x, value=3.0))
