@@ -49,6 +49,16 @@ def _context(net: GraphNetwork, e: int, pre: Tensor, work: Workspace) -> Any:
     return cached[1]
 
 
+def _accumulate(
+    drive: Tensor | None, term: Tensor, dtype: torch.dtype, const: Tensor | None
+) -> Tensor:
+    """``drive + term`` in ``dtype``: in place when ``drive`` is this step's own tensor, into a
+    fresh one when it is None or the node's shared constant ``const``."""
+    if drive is None:
+        return term.to(dtype)
+    return drive + term if drive is const else drive.add_(term)
+
+
 def graph_drives(
     net: GraphNetwork,
     input_drive: Tensor,
@@ -74,17 +84,20 @@ def graph_drives(
             work.contexts[e] = (pre, ctx)
     out = []
     for n in nodes:
-        c = consts[n]
-        drive = None if c is None else c.clone()
+        # The node's constant term is shared between steps: the first term added to it makes
+        # the copy (one pass over memory, not a clone and then an add).
+        drive = consts[n]
         for e in net.in_edges[n]:
-            drive = forward[e].to(dtype) if drive is None else drive.add_(forward[e])
+            drive = _accumulate(drive, forward[e], dtype, consts[n])
         for e in net.out_edges[n]:
             post = state[net.edge_dst[e]]
             if not work.known_zero(post):
                 back = layers[e].backward_drive(post, _context(net, e, state[n], work))
-                drive = back.to(dtype) if drive is None else drive.add_(back)
+                drive = _accumulate(drive, back, dtype, consts[n])
         if drive is None:
             drive = torch.zeros_like(state[n])
+        elif drive is consts[n]:
+            drive = drive.clone()
         if nudge is not None and n == net.target_layer:
             drive.add_(nudge(list(state)))
         out.append(drive)

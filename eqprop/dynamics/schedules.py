@@ -109,7 +109,7 @@ def synchronous_step(
     """
     layers = net.interactions
     dtype = input_drive.dtype  # states stay in this dtype even when convs run in bf16
-    drives: list[Tensor] = [input_drive.clone()]
+    drives: list[Tensor] = [input_drive]  # copied on its first write: never written in place
     contexts: list[object] = [None]
     for n in range(1, len(layers)):
         drive, ctx = layers[n].forward_drive(state[n - 1])  # (B, *post_shape), pool argmax
@@ -117,7 +117,10 @@ def synchronous_step(
         contexts.append(ctx)
     for n in range(len(layers) - 1):
         if work is None or not work.known_zero(state[n + 1]):
-            drives[n].add_(layers[n + 1].backward_drive(state[n + 1], contexts[n + 1]))
+            back = layers[n + 1].backward_drive(state[n + 1], contexts[n + 1])
+            drives[n] = drives[n] + back if n == 0 else drives[n].add_(back)
+    if drives[0] is input_drive:
+        drives[0] = input_drive.clone()
     if nudge is not None:
         drives[net.target_layer].add_(nudge(list(state)))
     act_ = net.activation.fn_
@@ -135,14 +138,17 @@ def _update_layer(
     """Replace ``new[n]`` by σ(∂Φ/∂s_n − β ∂L/∂s_n) at the current ``new`` (block update)."""
     layers = net.interactions
     if n == 0:
-        drive = input_drive.clone()
+        drive = input_drive  # copied by its first write below: never written in place
     else:
         drive, c = layers[n].forward_drive(new[n - 1])
         drive = drive.to(input_drive.dtype)  # states keep their dtype when convs run in bf16
         work.contexts[n] = (new[n - 1], c)
     if n + 1 < len(layers) and not work.known_zero(new[n + 1]):
         ctx = work.context(net, n + 1, new[n])  # argmax at the *current* s_n
-        drive.add_(layers[n + 1].backward_drive(new[n + 1], ctx))
+        back = layers[n + 1].backward_drive(new[n + 1], ctx)
+        drive = drive + back if n == 0 else drive.add_(back)
+    if drive is input_drive:
+        drive = input_drive.clone()
     if nudge is not None and n == net.target_layer:
         drive.add_(nudge(new))
     new[n] = net.activation.fn_(drive)
