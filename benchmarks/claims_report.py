@@ -12,7 +12,10 @@ EP estimate at the run's β against BPTT on ``log.check_batch`` validation image
 weights together: ``gdu_{plus,minus,sym}_rmse`` (relative RMSE of the per-step updates over the
 nudged steps), ``gdu_{plus,minus,sym}_final_error`` (relative error of the final update, i.e.
 of the gradient estimate) and ``gdu_layer_ratio_mean`` (mean over layers of
-2‖sym − BPTT‖ / (‖+β − BPTT‖ + ‖−β − BPTT‖)). No per-layer cosine is logged.
+2‖sym − BPTT‖ / (‖+β − BPTT‖ + ‖−β − BPTT‖)); and the run's own update against BPTT's per
+weight layer, ``gdu_cos_layer{n}`` and ``gdu_relerr_layer{n}``, with ``gdu_cos_all`` over all
+weights. Epoch 0 of a run's series is the same check on its initial weights
+(``check_at_start.json``), when the run wrote one.
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ from matplotlib.ticker import MaxNLocator
 
 from eqprop.train.config import ExperimentConfig
 from eqprop.train.reporting import summarize
+from eqprop.train.trainer import CHECK_AT_START
 
 __all__ = ["PlannedRun", "build_report", "format_table", "steps_per_example", "write_report"]
 
@@ -38,7 +42,9 @@ GDU_NOTE = (
     "the run's beta against BPTT over all weights: gdu_{plus,minus,sym}_rmse (relative RMSE of "
     "the per-step updates over the nudged steps), gdu_{plus,minus,sym}_final_error (relative "
     "error of the final update) and gdu_layer_ratio_mean (mean over layers of "
-    "2|sym - BPTT| / (|+beta - BPTT| + |-beta - BPTT|)); no per-layer cosine is logged"
+    "2|sym - BPTT| / (|+beta - BPTT| + |-beta - BPTT|)); the run's own update against BPTT's "
+    "per weight layer: gdu_cos_layer{n} (cosine) and gdu_relerr_layer{n} (relative error), and "
+    "gdu_cos_all over all weights; epoch 0: the initial weights (runs that logged it)"
 )
 STEPS_NOTE = (
     "steps_per_example: relaxation steps per training example, free_steps + (nudged phases) x "
@@ -108,6 +114,15 @@ def _error(accuracy: Any) -> float | None:
     return None if accuracy is None else 1.0 - float(accuracy)
 
 
+def _check_at_start(run_dir: Path) -> list[dict[str, Any]]:
+    """The run's check on its initial weights (``check_at_start.json``, epoch 0), if any."""
+    try:
+        record = json.loads((run_dir / CHECK_AT_START).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return []
+    return [record] if isinstance(record, dict) else []
+
+
 def _series(records: list[dict[str, Any]], prefix: str) -> dict[str, list[Any]] | None:
     """The fields named ``prefix*`` per epoch, over the epochs that logged any; None: none."""
     found = [r for r in records if any(k.startswith(prefix) for k in r)]
@@ -145,7 +160,7 @@ def run_entry(run: PlannedRun) -> dict[str, Any]:
     entry["curves"] = {"epoch": [r["epoch"] for r in records]} | {
         key: [r.get(key) for r in records] for key in CURVES
     }
-    entry["gradient_quality"] = _series(records, "gdu_")
+    entry["gradient_quality"] = _series([*_check_at_start(run.run_dir), *records], "gdu_")
     entry["weight_angles"] = _series(records, "angle_")  # asymmetric nets: W-B angle (degrees)
     return entry
 

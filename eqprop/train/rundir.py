@@ -19,6 +19,7 @@ What a run directory holds::
     environment.json    versions, machine, eqprop's source commit; one entry per (re)start
     model.json          the network's layers
     metrics.jsonl/.csv  one record per epoch (errors, losses, learning rates, seconds, steps)
+    check_at_start.json with ``log.check_every``: its EP-versus-BPTT check on the initial weights
     tensorboard/        event files
     curves.png          learning curves
     checkpoints/        last.pt (every ``train.save_every`` epochs and on a stop), best.pt

@@ -322,7 +322,8 @@ class LogConfig(Section):
         tensorboard: write TensorBoard scalars.
         plots: save training-curve plots.
         check_every: every this many epochs, run a small EP-versus-BPTT check (spec §5) on
-            ``check_batch`` validation examples and log its summary numbers; 0 turns it off.
+            ``check_batch`` validation examples and log its summary numbers; also once on the
+            initial weights, into ``check_at_start.json``; 0 turns it off.
         check_batch: examples in that check.
         check_reference: what the run's update is compared with in that check: ``truncated``,
             BPTT through the last ``nudged_steps`` free steps (the paper's equivalence), or

@@ -53,7 +53,10 @@ from eqprop.train.rundir import RunDirectory, os_error_message
 from eqprop.train.runlog import RunLogger
 from eqprop.train.session import check_resumable, record_session
 
-__all__ = ["Splits", "Trainer", "TrainingError"]
+__all__ = ["CHECK_AT_START", "Splits", "Trainer", "TrainingError"]
+
+#: The run directory's file with the ``log.check_every`` check on the initial weights.
+CHECK_AT_START = "check_at_start.json"
 
 
 class Trainer(Resumable):
@@ -213,6 +216,11 @@ class Trainer(Resumable):
             if self.ranks.is_main:
                 record_session(self.run_dir, start)
             log.write_json("model.json", self.net.describe())
+            if cfg.log.check_every and (self.epoch, self.batch) == (0, 0):
+                # The curve's starting point: the same check on the initial weights (a run
+                # resumed before its first batch has the same weights and redoes it alike).
+                with torch.random.fork_rng(devices=[]):
+                    log.write_json(CHECK_AT_START, {"epoch": 0, **self.gdu_summary()})
             while self.epoch < cfg.train.epochs:
                 try:
                     completed = self._run_epoch(log, interrupt)

@@ -13,7 +13,7 @@ from eqprop.train.builders import build_network
 from eqprop.train.checkpoint import load_checkpoint
 from eqprop.train.config import ConfigError, load_config
 from eqprop.train.epochs import gradient_agreement
-from eqprop.train.trainer import Trainer, TrainingError
+from eqprop.train.trainer import CHECK_AT_START, Trainer, TrainingError
 
 TIMING_KEYS = {"seconds", "train_seconds", "eval_seconds"}
 
@@ -149,6 +149,24 @@ def test_gdu_check_during_training_is_logged(tmp_path):
     # The run's symmetric-EP gradient against BPTT's, per weight layer (hidden, readout).
     assert {"gdu_cos_layer0", "gdu_cos_layer1", "gdu_relerr_layer1"} <= second.keys()
     assert 0.9 < second["gdu_cos_all"] <= 1.0 and second["gdu_relerr_layer0"] < 0.5
+
+
+def test_the_check_also_runs_on_the_initial_weights_and_leaves_the_run_untouched(tmp_path):
+    base = ["train.epochs=1", "model.dense=[16]", "dynamics.free_steps=30",
+            "dynamics.nudged_steps=5", "log.check_batch=4", "log.tensorboard=false",
+            "log.plots=false"]  # fmt: skip
+    checked = load_config("digits-quickstart", [*base, "log.check_every=1"])
+    initial = Trainer(checked, tmp_path / "fresh", quiet=True).gdu_summary()
+    Trainer(checked, tmp_path / "checked", quiet=True).fit()
+    Trainer(load_config("digits-quickstart", base), tmp_path / "plain", quiet=True).fit()
+    start = json.loads((tmp_path / "checked" / CHECK_AT_START).read_text())
+    assert start == {"epoch": 0, **initial}
+    assert 0.9 < start["gdu_cos_all"] <= 1.0 and start["gdu_sym_final_error"] > 0
+    assert not (tmp_path / "plain" / CHECK_AT_START).exists()
+    # The check draws nothing from the run's random streams: the same batches, the same steps.
+    (with_check,), (without,) = records(tmp_path / "checked"), records(tmp_path / "plain")
+    for key in ("train_error", "train_loss", "test_error", "test_loss"):
+        assert with_check[key] == without[key]
 
 
 def test_gradient_agreement_has_no_reference_where_truncated_bptt_does_not_reach():
