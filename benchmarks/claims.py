@@ -32,6 +32,8 @@ Usage (from the repository root)::
     python benchmarks/claims.py --group cifar         # one group; --only NAME[,NAME]
     python benchmarks/claims.py --dry-run             # print the commands and statuses
     python benchmarks/claims.py --report-only         # rebuild claims.json and the PNGs
+    python benchmarks/claims.py --start-checks        # add the initial weights' check to runs
+                                                      # trained before the trainer wrote it
     python benchmarks/claims.py --set-file runs.json  # another experiment set (a JSON or
                                                       # YAML list of {name, preset, overrides,
                                                       # groups})
@@ -47,6 +49,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -55,9 +58,11 @@ from typing import Any
 import yaml
 from claims_report import PlannedRun, build_report, format_table, write_report
 
+from eqprop.train.checkpoint import atomic_write
 from eqprop.train.confdiff import INCIDENTAL, differences
 from eqprop.train.config import ConfigError, ExperimentConfig, load_config
 from eqprop.train.convert import config_to_dict
+from eqprop.train.trainer import CHECK_AT_START, Trainer
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -260,6 +265,11 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--dry-run", action="store_true", help="print statuses and commands only")
     p.add_argument("--report-only", action="store_true", help="only rebuild the report")
     p.add_argument("--set-file", type=Path, help="JSON/YAML list of runs (replaces the set)")
+    p.add_argument(
+        "--start-checks", action="store_true",
+        help="only write the check on the initial weights (check_at_start.json) of the chosen "
+        "runs that log checks but predate it, then rebuild the report",
+    )  # fmt: skip
     return p.parse_args(argv)
 
 
@@ -277,6 +287,25 @@ def select(experiments: Sequence[Experiment], args: argparse.Namespace) -> list[
             raise SystemExit(f"claims: error: --group: unknown group {args.group!r}")
         chosen = [e for e in chosen if args.group in e.groups]
     return chosen
+
+
+def start_checks(chosen: Sequence[Experiment], root: Path, data: str) -> None:
+    """Write ``check_at_start.json`` into each chosen run directory that logs EP-versus-BPTT
+    checks but was trained before the trainer wrote it: the trainer's own check, on the initial
+    weights that the run's saved config (and so its seed) gives."""
+    for exp in chosen:
+        run_dir = root / exp.name
+        path = run_dir / CHECK_AT_START
+        if path.exists() or not (run_dir / "config.yaml").is_file():
+            continue
+        cfg = load_config(run_dir / "config.yaml", [f"data.root={data}"])
+        if not cfg.log.check_every:
+            continue
+        with tempfile.TemporaryDirectory() as scratch:  # the trainer writes nothing here
+            record = {"epoch": 0, **Trainer(cfg, Path(scratch), quiet=True).gdu_summary()}
+        text = json.dumps(record, indent=2) + "\n"
+        atomic_write(path, lambda f, text=text: f.write(text.encode("utf-8")))
+        print(f"claims: {exp.name}: wrote {path}", flush=True)
 
 
 def run_all(
@@ -320,6 +349,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         raise SystemExit(f"claims: error: {err}") from None
     chosen = [] if args.report_only else select(experiments, args)
     root = Path(args.root)
+    if args.start_checks:
+        start_checks(chosen, root, str(Path(args.data).resolve()))
+        chosen = []
     runner = Runner(root / "logs", args.threads, args.nice)
     previous = {s: signal.signal(s, runner.on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
     try:

@@ -73,6 +73,15 @@ def test_claims_script_runs_reports_and_skips_finished_runs(tmp_path, monkeypatc
     assert metrics.stat().st_mtime_ns == before
     assert json.loads((results / "claims.json").read_text())["runs"][0]["status"] == "done"
 
+    # A run trained before the trainer checked its initial weights gets the same check later.
+    start = root / "ep" / "check_at_start.json"
+    written = json.loads(start.read_text())
+    start.unlink()
+    assert claims.main([*argv, "--start-checks"]) == 0
+    assert "ep: wrote" in capsys.readouterr().out
+    assert json.loads(start.read_text()) == written
+    assert not (root / "bptt" / "check_at_start.json").exists()  # it logs no checks
+
 
 def test_builtin_set_is_valid_and_dry_run_prints_its_commands(tmp_path, monkeypatch, capsys):
     monkeypatch.syspath_prepend(str(BENCHMARKS))
