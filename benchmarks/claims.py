@@ -23,7 +23,8 @@ Groups (``EXPERIMENTS`` below):
 - ``small``: ``mnist-conv-ce-fast`` and ``fashion-conv-ce-fast``, about 30 minutes each;
 - ``residual``: ``cifar10-residual-small`` (the small Hopfield-ResNet) and the chain
   ``cifar10-conv-small-fast`` with the cross-entropy readout, 3 epochs each, run one after
-  the other, and the residual net with 3 free sweeps;
+  the other, the residual net with 3 free sweeps, and ``cifar10-residual-stem`` (the
+  residual blocks on the chain's conv-pool stem, 5 epochs);
 - ``hour``: the symmetric-EP cross-entropy run given 6 epochs, about an hour of training.
 
 Usage (from the repository root)::
@@ -132,6 +133,8 @@ EXPERIMENTS: tuple[Experiment, ...] = (
         groups=("residual",),
         preset="cifar10-residual-small",
     ),
+    # The residual blocks on the chain's conv-pool stem: 5 epochs, about the chain's 3 in time.
+    Experiment("residual-stem-cifar", "cifar10-residual-stem", (), ("residual",)),
     # The 60-minute CIFAR target: the preset CE run given as many epochs as fit in an hour of
     # one-thread training here (about 470 s per epoch), its cosine schedule stretched to match.
     Experiment("cifar-ce-hour", CIFAR, ("train.epochs=6",), ("hour",)),

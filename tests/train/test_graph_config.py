@@ -100,7 +100,11 @@ def test_hr13_presets_follow_the_recipe():
 
 @pytest.mark.parametrize(
     ("name", "shape"),
-    [("fashion-residual-small", (1, 28, 28)), ("cifar10-residual-small", (3, 32, 32))],
+    [
+        ("fashion-residual-small", (1, 28, 28)),
+        ("cifar10-residual-small", (3, 32, 32)),
+        ("cifar10-residual-stem", (3, 32, 32)),
+    ],
 )
 def test_small_residual_presets_train_a_batch(name, shape):
     cfg = load_config(name)
