@@ -305,7 +305,7 @@ def start_checks(chosen: Sequence[Experiment], root: Path, data: str) -> None:
         if not cfg.log.check_every:
             continue
         with tempfile.TemporaryDirectory() as scratch:  # the trainer writes nothing here
-            record = {"epoch": 0, **Trainer(cfg, Path(scratch), quiet=True).gdu_summary()}
+            record = Trainer(cfg, Path(scratch), quiet=True).start_check()
         text = json.dumps(record, indent=2) + "\n"
         atomic_write(path, lambda f, text=text: f.write(text.encode("utf-8")))
         print(f"claims: {exp.name}: wrote {path}", flush=True)

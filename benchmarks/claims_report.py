@@ -32,6 +32,7 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
 from eqprop.train.config import ExperimentConfig
+from eqprop.train.environment import read_json
 from eqprop.train.reporting import summarize
 from eqprop.train.trainer import CHECK_AT_START
 
@@ -116,10 +117,7 @@ def _error(accuracy: Any) -> float | None:
 
 def _check_at_start(run_dir: Path) -> list[dict[str, Any]]:
     """The run's check on its initial weights (``check_at_start.json``, epoch 0), if any."""
-    try:
-        record = json.loads((run_dir / CHECK_AT_START).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return []
+    record = read_json(run_dir / CHECK_AT_START)
     return [record] if isinstance(record, dict) else []
 
 

@@ -31,7 +31,7 @@ from eqprop.core.chain import ChainNetwork, State
 from eqprop.core.colouring import parity_blocks
 from eqprop.core.graph import GraphNetwork
 from eqprop.core.interactions import NONLINEAR_POOLS, ConvInteraction
-from eqprop.dynamics.schedules import SCHEDULES, Nudge, Schedule, Workspace
+from eqprop.dynamics.schedules import SCHEDULES, Nudge, Schedule, Workspace, add_term, owned
 
 __all__ = ["GRAPH_SCHEDULES", "graph_drives", "graph_feedforward_state", "schedule_for"]
 
@@ -52,11 +52,8 @@ def _context(net: GraphNetwork, e: int, pre: Tensor, work: Workspace) -> Any:
 def _accumulate(
     drive: Tensor | None, term: Tensor, dtype: torch.dtype, const: Tensor | None
 ) -> Tensor:
-    """``drive + term`` in ``dtype``: in place when ``drive`` is this step's own tensor, into a
-    fresh one when it is None or the node's shared constant ``const``."""
-    if drive is None:
-        return term.to(dtype)
-    return drive + term if drive is const else drive.add_(term)
+    """``drive + term`` (:func:`add_term`), or ``term`` in ``dtype`` when nothing came first."""
+    return term.to(dtype) if drive is None else add_term(drive, term, const)
 
 
 def graph_drives(
@@ -94,10 +91,7 @@ def graph_drives(
             if not work.known_zero(post):
                 back = layers[e].backward_drive(post, _context(net, e, state[n], work))
                 drive = _accumulate(drive, back, dtype, consts[n])
-        if drive is None:
-            drive = torch.zeros_like(state[n])
-        elif drive is consts[n]:
-            drive = drive.clone()
+        drive = torch.zeros_like(state[n]) if drive is None else owned(drive, consts[n])
         if nudge is not None and n == net.target_layer:
             drive.add_(nudge(list(state)))
         out.append(drive)

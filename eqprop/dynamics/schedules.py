@@ -34,9 +34,11 @@ __all__ = [
     "Nudge",
     "Schedule",
     "Workspace",
+    "add_term",
     "even_odd_step",
     "feedforward_state",
     "forward_backward_step",
+    "owned",
     "synchronous_step",
 ]
 
@@ -86,6 +88,17 @@ class Schedule(Protocol):
     ) -> State: ...
 
 
+def add_term(drive: Tensor, term: Tensor, shared: Tensor | None) -> Tensor:
+    """``drive + term``: in place on a step's own tensor, into a fresh one when ``drive`` is
+    still the ``shared`` constant (copied by its first write, never written in place)."""
+    return drive + term if drive is shared else drive.add_(term)
+
+
+def owned(drive: Tensor, shared: Tensor | None) -> Tensor:
+    """``drive``, copied if nothing was added to the ``shared`` constant (σ works in place)."""
+    return drive.clone() if drive is shared else drive
+
+
 def synchronous_step(
     net: ChainNetwork,
     input_drive: Tensor,
@@ -109,7 +122,7 @@ def synchronous_step(
     """
     layers = net.interactions
     dtype = input_drive.dtype  # states stay in this dtype even when convs run in bf16
-    drives: list[Tensor] = [input_drive]  # copied on its first write: never written in place
+    drives: list[Tensor] = [input_drive]  # shared: see add_term
     contexts: list[object] = [None]
     for n in range(1, len(layers)):
         drive, ctx = layers[n].forward_drive(state[n - 1])  # (B, *post_shape), pool argmax
@@ -118,9 +131,8 @@ def synchronous_step(
     for n in range(len(layers) - 1):
         if work is None or not work.known_zero(state[n + 1]):
             back = layers[n + 1].backward_drive(state[n + 1], contexts[n + 1])
-            drives[n] = drives[n] + back if n == 0 else drives[n].add_(back)
-    if drives[0] is input_drive:
-        drives[0] = input_drive.clone()
+            drives[n] = add_term(drives[n], back, input_drive)
+    drives[0] = owned(drives[0], input_drive)
     if nudge is not None:
         drives[net.target_layer].add_(nudge(list(state)))
     act_ = net.activation.fn_
@@ -138,17 +150,15 @@ def _update_layer(
     """Replace ``new[n]`` by σ(∂Φ/∂s_n − β ∂L/∂s_n) at the current ``new`` (block update)."""
     layers = net.interactions
     if n == 0:
-        drive = input_drive  # copied by its first write below: never written in place
+        drive = input_drive  # shared: see add_term
     else:
         drive, c = layers[n].forward_drive(new[n - 1])
         drive = drive.to(input_drive.dtype)  # states keep their dtype when convs run in bf16
         work.contexts[n] = (new[n - 1], c)
     if n + 1 < len(layers) and not work.known_zero(new[n + 1]):
         ctx = work.context(net, n + 1, new[n])  # argmax at the *current* s_n
-        back = layers[n + 1].backward_drive(new[n + 1], ctx)
-        drive = drive + back if n == 0 else drive.add_(back)
-    if drive is input_drive:
-        drive = input_drive.clone()
+        drive = add_term(drive, layers[n + 1].backward_drive(new[n + 1], ctx), input_drive)
+    drive = owned(drive, input_drive)
     if nudge is not None and n == net.target_layer:
         drive.add_(nudge(new))
     new[n] = net.activation.fn_(drive)

@@ -217,10 +217,8 @@ class Trainer(Resumable):
                 record_session(self.run_dir, start)
             log.write_json("model.json", self.net.describe())
             if cfg.log.check_every and (self.epoch, self.batch) == (0, 0):
-                # The curve's starting point: the same check on the initial weights (a run
-                # resumed before its first batch has the same weights and redoes it alike).
-                with torch.random.fork_rng(devices=[]):
-                    log.write_json(CHECK_AT_START, {"epoch": 0, **self.gdu_summary()})
+                # A run resumed before its first batch has the same weights: it redoes it alike.
+                log.write_json(CHECK_AT_START, self.start_check())
             while self.epoch < cfg.train.epochs:
                 try:
                     completed = self._run_epoch(log, interrupt)
@@ -343,6 +341,12 @@ class Trainer(Resumable):
         """Summary numbers of a small EP-versus-BPTT check at the run's β (no sweep)."""
         loader = self.splits.val or self.splits.test
         return gdu_summary(self.net, loader, self.cfg, self.estimator.solver)
+
+    def start_check(self) -> dict[str, Any]:
+        """The check of :meth:`gdu_summary` as epoch 0 of its curve (``check_at_start.json``),
+        on the weights as they are, drawing nothing from the run's random streams."""
+        with torch.random.fork_rng(devices=[]):
+            return {"epoch": 0, **self.gdu_summary()}
 
     def _end_epoch(self, t0: float) -> dict[str, Any]:
         """Evaluate and build the epoch's record (changes no state: a stop here loses nothing)."""
