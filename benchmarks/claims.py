@@ -24,7 +24,7 @@ Groups (``EXPERIMENTS`` below):
 - ``residual``: ``cifar10-residual-small`` (the small Hopfield-ResNet) and the chain
   ``cifar10-conv-small-fast`` with the cross-entropy readout, 3 epochs each, run one after
   the other, the residual net with 3 free sweeps, and ``cifar10-residual-stem`` (the
-  residual blocks on the chain's conv-pool stem, 5 epochs);
+  residual blocks on the chain's conv-pool stem, 6 epochs of 3 free sweeps, and 5 of 4);
 - ``hour``: the symmetric-EP cross-entropy run given 6 epochs, about an hour of training.
 
 Usage (from the repository root)::
@@ -133,8 +133,15 @@ EXPERIMENTS: tuple[Experiment, ...] = (
         groups=("residual",),
         preset="cifar10-residual-small",
     ),
-    # The residual blocks on the chain's conv-pool stem: 5 epochs, about the chain's 3 in time.
+    # The residual blocks on the chain's conv-pool stem: 6 epochs of 3 + 2x1 node sweeps, about
+    # the chain's 3 in time; and its first recipe, 5 epochs of 4 + 2x1, about the same.
     Experiment("residual-stem-cifar", "cifar10-residual-stem", (), ("residual",)),
+    Experiment(
+        "residual-stem-cifar-t4",
+        "cifar10-residual-stem",
+        ("dynamics.free_steps=4", "dynamics.eval_steps=4", "train.epochs=5"),
+        ("residual",),
+    ),
     # The 60-minute CIFAR target: the preset CE run given as many epochs as fit in an hour of
     # one-thread training here (about 470 s per epoch), its cosine schedule stretched to match.
     Experiment("cifar-ce-hour", CIFAR, ("train.epochs=6",), ("hour",)),
