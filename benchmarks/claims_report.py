@@ -36,7 +36,10 @@ from eqprop.train.environment import read_json
 from eqprop.train.reporting import summarize
 from eqprop.train.trainer import CHECK_AT_START
 
-__all__ = ["PlannedRun", "build_report", "format_table", "steps_per_example", "write_report"]
+__all__ = [
+    "PlannedRun", "build_report", "format_table", "kept_entry", "read_report", "steps_per_example",
+    "write_report",
+]  # fmt: skip
 
 GDU_NOTE = (
     "summary numbers of eqprop's EP-versus-BPTT check (log.check_every), the EP estimates at "
@@ -130,6 +133,16 @@ def _series(records: list[dict[str, Any]], prefix: str) -> dict[str, list[Any]] 
     return {"epoch": [r["epoch"] for r in found]} | {k: [r.get(k) for r in found] for k in keys}
 
 
+def _recipe(cfg: ExperimentConfig) -> dict[str, Any]:
+    """The entry's fields that the resolved config decides."""
+    return {
+        "epochs": cfg.train.epochs, "estimator": cfg.estimator.kind, "beta": cfg.estimator.beta,
+        "model_kind": cfg.model.kind, "output": cfg.model.output,
+        "schedule": cfg.dynamics.schedule, "free_steps": cfg.dynamics.free_steps,
+        "nudged_steps": cfg.dynamics.nudged_steps, "steps_per_example": steps_per_example(cfg),
+    }  # fmt: skip
+
+
 def run_entry(run: PlannedRun) -> dict[str, Any]:
     """The report's entry of one run."""
     cfg, records = run.config, _records(run.run_dir) if run.status != "conflict" else []
@@ -137,11 +150,7 @@ def run_entry(run: PlannedRun) -> dict[str, Any]:
     entry: dict[str, Any] = {
         "name": run.name, "groups": list(run.groups), "preset": run.preset,
         "overrides": list(run.overrides), "run_dir": str(run.run_dir), "status": run.status,
-        "epochs": cfg.train.epochs, "epochs_done": len(records),
-        "estimator": cfg.estimator.kind, "beta": cfg.estimator.beta, "model_kind": cfg.model.kind,
-        "output": cfg.model.output, "schedule": cfg.dynamics.schedule,
-        "free_steps": cfg.dynamics.free_steps, "nudged_steps": cfg.dynamics.nudged_steps,
-        "steps_per_example": steps_per_example(cfg),
+        "epochs_done": len(records), **_recipe(cfg),
     }  # fmt: skip
     s = summary or {}
     entry.update(
@@ -163,8 +172,32 @@ def run_entry(run: PlannedRun) -> dict[str, Any]:
     return entry
 
 
-def build_report(runs: list[PlannedRun], settings: dict[str, Any]) -> dict[str, Any]:
-    """The whole report: settings, groups, one entry per run, and how to read the probes."""
+def kept_entry(run: PlannedRun, previous: dict[str, Any] | None) -> dict[str, Any] | None:
+    """``run``'s finished entry in the ``previous`` report, when its run directory is gone
+    (run directories are not committed; the report is) and the entry was made from the same
+    preset and overrides, and still agrees with what they resolve to (a preset can change);
+    otherwise None."""
+    if run.status != "new" or not previous:
+        return None
+    recipe = _recipe(run.config)
+    for entry in previous.get("runs", []):
+        if (
+            isinstance(entry, dict)
+            and entry.get("name") == run.name
+            and entry.get("status") == "done"
+            and entry.get("preset") == run.preset
+            and entry.get("overrides") == list(run.overrides)
+            and all(entry.get(k) == v for k, v in recipe.items())
+        ):
+            return {**entry, "groups": list(run.groups), "kept_from_previous_report": True}
+    return None
+
+
+def build_report(
+    runs: list[PlannedRun], settings: dict[str, Any], previous: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    """The whole report: settings, groups, one entry per run, and how to read the probes. A run
+    whose directory is gone keeps its finished entry from the ``previous`` report."""
     groups: dict[str, list[str]] = {}
     for run in runs:
         for group in run.groups:
@@ -176,7 +209,7 @@ def build_report(runs: list[PlannedRun], settings: dict[str, Any]) -> dict[str, 
         "steps_note": STEPS_NOTE,
         "gradient_quality_note": GDU_NOTE,
         "groups": groups,
-        "runs": [run_entry(r) for r in runs],
+        "runs": [kept_entry(r, previous) or run_entry(r) for r in runs],
     }
 
 
@@ -256,6 +289,15 @@ def _plot_gradients(runs: list[dict[str, Any]], path: Path) -> Path:
         _per_epoch(ax, key, key.removeprefix("gdu_").replace("_", " ") + " (vs BPTT)")
     axes[0].legend(fontsize=7)
     return _save(fig, path)
+
+
+def read_report(out: Path) -> dict[str, Any] | None:
+    """The ``claims.json`` in ``out`` from an earlier invocation, or None (none, or unreadable)."""
+    try:
+        report = json.loads((out / "claims.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return report if isinstance(report, dict) else None
 
 
 def write_report(report: dict[str, Any], out: Path) -> list[Path]:

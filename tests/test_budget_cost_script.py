@@ -24,7 +24,8 @@ def test_budget_runs_are_the_claims_budget_group_exact_first(budget_cost):
     names = [e.name for e in budget_cost.budget_runs()]
     assert names[0] == budget_cost.EXACT
     assert set(names) == {"budget-t60-15-sync", "cifar-ce-symmetric", "budget-t6-2", "budget-t4-1",
-                          "budget-fb-t4-1", "budget-fb-t6-1", "budget-fb-t4-2"}  # fmt: skip
+                          "budget-fb-t4-1", "budget-fb-t6-1", "budget-fb-t4-2", "budget-fb-t1-1",
+                          "budget-fb-t3-1", "budget-fb-t5-1"}  # fmt: skip
 
 
 def test_node_sweep_budgets_are_the_even_odd_ones_with_forward_backward_sweeps(budget_cost):

@@ -5,6 +5,7 @@ the finished runs."""
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -82,6 +83,14 @@ def test_claims_script_runs_reports_and_skips_finished_runs(tmp_path, monkeypatc
     assert json.loads(start.read_text()) == written
     assert not (root / "bptt" / "check_at_start.json").exists()  # it logs no checks
 
+    # Run directories are not committed: a finished run whose directory is gone keeps its entry.
+    before = {r["name"]: r for r in json.loads((results / "claims.json").read_text())["runs"]}
+    shutil.rmtree(root / "bptt")
+    assert claims.main([*argv, "--report-only"]) == 0
+    after = {r["name"]: r for r in json.loads((results / "claims.json").read_text())["runs"]}
+    assert after["bptt"] == {**before["bptt"], "kept_from_previous_report": True}
+    assert "kept_from_previous_report" not in after["ep"]
+
 
 def test_builtin_set_is_valid_and_dry_run_prints_its_commands(tmp_path, monkeypatch, capsys):
     monkeypatch.syspath_prepend(str(BENCHMARKS))
@@ -103,7 +112,46 @@ def test_builtin_set_is_valid_and_dry_run_prints_its_commands(tmp_path, monkeypa
     assert steps["cifar-mse-one-sided"] == 12 + 4
     assert steps["cifar-mse-bptt"] == 12
     assert steps["budget-t4-1"] == steps["budget-fb-t4-1"] == 4 + 2 * 1
+    # The budget's pick, as a preset: the same dynamics as its run in the set.
+    pick = next(e for e in claims.EXPERIMENTS if e.name == "budget-fb-t3-1")
+    preset = load_config("cifar10-conv-small-sweep")
+    assert load_config(pick.preset, pick.overrides).dynamics == preset.dynamics
+    fb_hour = next(e for e in claims.EXPERIMENTS if e.name == "cifar-fb-hour")
+    assert load_config(fb_hour.preset, fb_hour.overrides).dynamics == preset.dynamics
     groups = {g for e in claims.EXPERIMENTS for g in e.groups}
-    assert groups == {"cifar", "budget", "small", "residual", "hour"}
+    assert groups == {"cifar", "budget", "seeds", "small", "residual", "hour"}
     hour = next(e for e in claims.EXPERIMENTS if e.name == "cifar-ce-hour")
     assert load_config(hour.preset, hour.overrides).train.epochs == 6
+
+
+def test_a_finished_entry_is_kept_only_for_an_absent_run_with_the_same_recipe(
+    tmp_path, monkeypatch
+):
+    monkeypatch.syspath_prepend(str(BENCHMARKS))
+    from claims_report import PlannedRun, kept_entry, steps_per_example
+
+    from eqprop.train.config import load_config
+
+    overrides = ("train.epochs=1",)
+    cfg = load_config("digits-quickstart-fast", overrides)
+
+    def planned(status: str, extra: tuple[str, ...] = ()) -> PlannedRun:
+        o = (*overrides, *extra)
+        return PlannedRun("ep", "digits-quickstart-fast", o, ("g",), tmp_path, cfg, status)
+
+    entry = {"name": "ep", "preset": "digits-quickstart-fast", "overrides": list(overrides),
+             "status": "done", "groups": ["old"], "test_error": 0.1,
+             "epochs": 1, "estimator": cfg.estimator.kind, "beta": cfg.estimator.beta,
+             "model_kind": cfg.model.kind, "output": cfg.model.output,
+             "schedule": cfg.dynamics.schedule, "free_steps": cfg.dynamics.free_steps,
+             "nudged_steps": cfg.dynamics.nudged_steps,
+             "steps_per_example": steps_per_example(cfg)}  # fmt: skip
+    previous = {"runs": [entry]}
+    kept = {**entry, "groups": ["g"], "kept_from_previous_report": True}
+    assert kept_entry(planned("new"), previous) == kept
+    assert kept_entry(planned("started"), previous) is None  # its directory is the truth
+    assert kept_entry(planned("new", ("seed=1",)), previous) is None  # another recipe
+    assert kept_entry(planned("new"), {"runs": [{**entry, "status": "failed"}]}) is None
+    # The preset changed since: its entry no longer describes what the name trains.
+    assert kept_entry(planned("new"), {"runs": [{**entry, "free_steps": 99}]}) is None
+    assert kept_entry(planned("new"), None) is None

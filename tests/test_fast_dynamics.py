@@ -146,6 +146,17 @@ def test_feedforward_init_is_one_sweep_without_feedback():
     torch.testing.assert_close(s[1], torch.sigmoid(h @ w1.weight.T + w1.bias))
 
 
+@pytest.mark.parametrize("arch", ["dense", "conv_max"])
+def test_one_node_sweep_from_zero_is_the_feedforward_pass(arch):
+    # Why a 1 + 2x1 forward_backward budget trains a feedforward net: the one free sweep goes
+    # upwards, and each layer's neighbour above is still zero when it is updated.
+    net = make_net(arch, dtype=torch.float64)
+    x, _ = make_batch(net)
+    one = relax(net, x, 1, solver=Solver(schedule="forward_backward")).state
+    expected = feedforward_state(net, net.input_drive(x))
+    assert max_diff(one, expected) < 1e-12
+
+
 def test_tolerance_checked_every_k_steps_stops_on_a_multiple_of_k():
     net = make_net("dense", init_scale=0.5)
     x, _ = make_batch(net)

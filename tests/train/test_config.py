@@ -402,6 +402,18 @@ def test_fast_presets_change_only_the_relaxation(name: str) -> None:
     assert steps(fast["dynamics"]) <= steps(exact["dynamics"]) / 2
 
 
+def test_sweep_preset_is_the_fast_net_with_the_budget_studys_node_sweeps() -> None:
+    sweep = config_to_dict(load_config("cifar10-conv-small-sweep"))
+    fast = config_to_dict(load_config("cifar10-conv-small-fast"))
+    for section in ("data", "model", "estimator", "optim", "train", "seed"):
+        assert sweep[section] == fast[section], section
+    d = sweep["dynamics"]
+    assert d["schedule"] == "forward_backward"
+    # An odd count ends the free phase on an upward sweep; more than one gives it feedback.
+    assert d["free_steps"] % 2 == 1 and d["free_steps"] > 1
+    assert d["nudged_steps"] == 1 and d["eval_steps"] == d["free_steps"]
+
+
 def test_a_preset_name_wins_over_a_directory_of_the_same_name(tmp_path: Path, monkeypatch) -> None:
     """A run directory named like a preset (e.g. ``--out fashion-conv-small-fast``) must not
     hide that preset, for its own name or for a preset that ``extends`` it."""
