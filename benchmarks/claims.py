@@ -12,7 +12,8 @@ The report is rebuilt from the run directories (``config.yaml``, ``metrics.jsonl
 (default ``benchmarks/results``), and a summary table on stdout (see ``claims_report.py``).
 Run directories are not committed: a run whose directory is absent keeps its finished entry
 from the ``claims.json`` already there (marked ``kept_from_previous_report``), as long as its
-preset and overrides are unchanged, so new runs can be added on a fresh checkout.
+preset, overrides and resolved recipe fields still match, so new runs can be added on a fresh
+checkout.
 
 Groups (``EXPERIMENTS`` below):
 
